@@ -1,0 +1,52 @@
+// Host/device macros shared by every op family.
+//
+// Three compilation modes for the same device source (*_kernels.cuh, *_device.h):
+//   nvcc                      -> real CUDA, namespace imtok::cuda_impl
+//   g++ with IMTOK_EMULATE_CUDA -> CUDA execution model on CPU threads (emu_shim.h), namespace imtok::emu_impl
+//   g++ otherwise             -> only IMTOK_HD math helpers are usable (CPU kernels)
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#define IMTOK_HD __host__ __device__ __forceinline__
+#define IMTOK_DEVICE_NS cuda_impl
+#define IMTOK_SHARED_ARRAY(T, name, n) __shared__ T name[n]
+#define IMTOK_SHARED_ARRAY2(T, name, n, m) __shared__ T name[n][m]
+#define IMTOK_DYNAMIC_SHARED(T, name)                              \
+  extern __shared__ __align__(16) unsigned char imtok_dyn_smem_[]; \
+  T* name = reinterpret_cast<T*>(imtok_dyn_smem_)
+#define IMTOK_DEVICE_GUARD(tensor) const c10::cuda::CUDAGuard imtok_device_guard_((tensor).device())
+#define IMTOK_CURRENT_STREAM() (c10::cuda::getCurrentCUDAStream().stream())
+#define IMTOK_LAUNCH(kernel, grid, block, smem, stream, ...)                        \
+  do {                                                                              \
+    const dim3 imtok_grid_(grid);                                                   \
+    if (imtok_grid_.x == 0 || imtok_grid_.y == 0 || imtok_grid_.z == 0) break;      \
+    kernel<<<imtok_grid_, (block), (smem), (stream)>>>(__VA_ARGS__);                \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                 \
+  } while (0)
+
+#elif defined(IMTOK_EMULATE_CUDA)
+
+#include "common/emu_shim.h"
+#define IMTOK_HD inline
+#define IMTOK_DEVICE_NS emu_impl
+
+#else
+
+#define IMTOK_HD inline
+
+#endif
+
+namespace imtok {
+template <typename T>
+IMTOK_HD T imtok_min(T a, T b) { return b < a ? b : a; }
+template <typename T>
+IMTOK_HD T imtok_max(T a, T b) { return a < b ? b : a; }
+IMTOK_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+}  // namespace imtok

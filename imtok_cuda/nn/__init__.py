@@ -1,0 +1,1 @@
+"""torch.nn modules over the imtok_cuda ops."""

@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: the readable specification of every op. Imports nothing from csrc."""

@@ -1,0 +1,1 @@
+"""imtok: tokenizers, generators and tools built on imtok_cuda."""

@@ -1,0 +1,140 @@
+"""Build imtok_cuda._C: C++ CPU kernels always, CUDA kernels when a CUDA toolkit and a CUDA torch are present,
+emulated CUDA kernels (device code on CPU threads, test-only) when IMTOK_EMULATE_CUDA=1.
+
+Environment:
+  FORCE_CUDA=1 / 0     build / skip the CUDA kernels regardless of what is detected
+  TORCH_CUDA_ARCH_LIST archs to compile for; default "8.0;9.0" when no GPU is visible to nvidia-smi
+  CUDA_HOME            toolkit root; found from the real nvcc behind a wrapper script otherwise
+  IMTOK_EMULATE_CUDA=1 also compile every *_kernels.cuh for CPU and register them under imtok_cuda_emu
+  IMTOK_DEBUG=1        -O0 -g
+  MAX_JOBS             parallel compile jobs (ninja)
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_flag(name):
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    return v.strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_cuda_home():
+    """The toolkit root. nvcc on PATH may be a wrapper script that execs the real one: follow it."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        for cand in sorted(glob.glob("/usr/local/cuda*"), reverse=True):
+            if os.path.exists(os.path.join(cand, "bin", "nvcc")):
+                return cand
+        return None
+    real = os.path.realpath(nvcc)
+    try:
+        with open(real, "rb") as f:
+            head = f.read(4096)
+        if head.startswith(b"#!"):
+            m = re.search(rb"(/\S+/bin/nvcc)", head)
+            if m and os.path.exists(m.group(1).decode()):
+                real = os.path.realpath(m.group(1).decode())
+    except OSError:
+        pass
+    return os.path.dirname(os.path.dirname(real))
+
+
+def nvcc_version(cuda_home):
+    try:
+        out = subprocess.check_output([os.path.join(cuda_home, "bin", "nvcc"), "--version"], text=True)
+    except Exception:
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def gpu_visible():
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    except Exception:
+        return False
+
+
+force = _env_flag("FORCE_CUDA")
+cuda_home = find_cuda_home() if force is not False else None
+if force is True and cuda_home is None:
+    sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME to the toolkit root)")
+with_cuda = bool(cuda_home) and (force is True or (force is None and torch.version.cuda is not None))
+if force is True and torch.version.cuda is None:
+    sys.exit("FORCE_CUDA=1 but the installed torch %s is a CPU-only build" % torch.__version__)
+emulate = bool(_env_flag("IMTOK_EMULATE_CUDA"))
+debug = bool(_env_flag("IMTOK_DEBUG"))
+
+if with_cuda:
+    os.environ["CUDA_HOME"] = cuda_home
+    cpp_extension.CUDA_HOME = cuda_home  # torch's own guess from a wrapper script is wrong
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not gpu_visible():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+
+cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+if not emulate:
+    cpp_sources = [s for s in cpp_sources if not s.endswith("_emu.cpp")]
+cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
+
+opt = ["-O0", "-g"] if debug else ["-O3"]
+cxx_flags = opt + ["-std=c++17", "-fvisibility=hidden"]
+# No --use_fast_math: exact parity with torch's fp32 math on the device too.
+nvcc_flags = opt[:1] + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+macros = []
+if with_cuda:
+    macros.append(("IMTOK_WITH_CUDA", "1"))
+if emulate:
+    macros.append(("IMTOK_EMULATE_CUDA", "1"))
+    cxx_flags.append("-pthread")
+
+build_info = {
+    "torch_version": torch.__version__,
+    "torch_cuda": torch.version.cuda,
+    "with_cuda": with_cuda,
+    "nvcc_version": nvcc_version(cuda_home) if with_cuda else None,
+    "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+    "emulated_cuda": emulate,
+    "python": sys.version.split()[0],
+}
+with open(os.path.join(ROOT, "imtok_cuda", "_build_info.json"), "w") as f:
+    json.dump(build_info, f, indent=1)
+print("imtok_cuda build:", build_info)
+
+Ext = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
+ext = Ext(
+    name="imtok_cuda._C",
+    sources=cpp_sources + cu_sources,
+    include_dirs=[os.path.join(ROOT, "csrc")],
+    define_macros=macros,
+    extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
+    extra_link_args=["-pthread"] if emulate else [],
+    py_limited_api=False,
+)
+
+setup(
+    packages=find_packages(include=["imtok_cuda", "imtok_cuda.*"]) + find_packages("python"),
+    package_dir={"imtok": "python/imtok"},
+    package_data={"imtok_cuda": ["_build_info.json"]},
+    ext_modules=[ext],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
