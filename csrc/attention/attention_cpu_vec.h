@@ -68,6 +68,10 @@ inline void softmax_grad_ref(T* s, T* p, const T* dp, const T* add, int64_t nval
 }
 
 #ifdef IMTOK_ATTN_X86
+// GCC's _mm512_cvtps_epi32 starts from _mm512_undefined_epi32(): a false -Wmaybe-uninitialized at -O3.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 inline bool has_avx512() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   return ok;
@@ -189,6 +193,7 @@ __attribute__((target("avx512f,avx512dq"))) inline void softmax_grad_avx512(floa
     s[t] = 0.f;
   }
 }
+#pragma GCC diagnostic pop
 #endif  // IMTOK_ATTN_X86
 
 // ---- dispatch ------------------------------------------------------------------------------------
