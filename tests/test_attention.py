@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import imtok_cuda
 from imtok_cuda import attention as A
@@ -253,6 +254,36 @@ def test_autograd_through_wrapper_matches_reference():
     want = ref_grads(q.double(), k.double(), v.double(), kb.double(), km, True, go.double(), lse0)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 2), H=st.integers(1, 2), Nq=st.integers(0, 20), Nk=st.integers(0, 20), d=st.integers(1, 20),
+       bias=st.booleans(), mask=st.booleans(), causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_hypothesis_cpu_forward_backward(B, H, Nq, Nk, d, bias, mask, causal, seed):
+    q, k, v, kb, km = make(B, H, Nq, Nk, d, torch.float64, bias, mask, seed=seed)
+    ops = torch.ops.imtok_cuda
+    out, lse, _, _ = check_forward(ops, q, k, v, kb, km, causal, cols=(seed % 5, None))
+    go = torch.randn_like(out)
+    glse = torch.where(torch.isfinite(lse), torch.randn_like(lse), torch.zeros_like(lse))
+    got = ops.attention_backward(go, glse, q, k, v, out, lse, kb, km, causal, None, None, bias)
+    if kb is None:
+        kb = torch.zeros(B, Nk, dtype=torch.float64)
+    want = ref_grads(q, k, v, kb, km, causal, go, glse)
+    for a, b in zip(got[:3], want[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if bias:
+        torch.testing.assert_close(got[3], want[3], rtol=1e-10, atol=1e-10)
+
+
+def test_bias_dtype_differs_from_q():
+    """A float32 key bias (log token sizes) with bf16 q/k/v: its gradient comes back in float32."""
+    q, k, v, _, km = make(2, 2, 8, 8, 16, torch.bfloat16, mask=True, seed=14)
+    kb = torch.randn(2, 8, dtype=torch.float32, requires_grad=True)
+    out = A.attention(q, k, v, kb, km)
+    want = ref.attention(q, k, v, kb.detach(), km)
+    torch.testing.assert_close(out.float(), want.float(), rtol=0, atol=2.0 ** -5)
+    out.float().sum().backward()
+    assert kb.grad.dtype == torch.float32 and torch.isfinite(kb.grad).all()
 
 
 # ---- side-output hooks ------------------------------------------------------------------------------------------
