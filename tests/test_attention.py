@@ -63,6 +63,7 @@ CASES = [
     (40, 9, 33, False, False, True),
     (17, 23, 1, True, False, True),
     (0, 5, 8, True, True, False),
+    (3, 35, 128, True, True, True),  # d = 128: the largest head dim (shared-memory sizing, channel loops)
     (6, 0, 8, False, False, False),
 ]
 
@@ -82,6 +83,17 @@ def test_cpu_multiple_blocks_and_online_softmax(Nq, Nk, causal):
     """Several query blocks (64) and key blocks, and Nk > 1024 (online softmax over key chunks)."""
     q, k, v, kb, km = make(1, 2, Nq, Nk, 8, torch.float32, bias=True, mask=True, seed=1)
     check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(3, 100), tol=5e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_fused_side_outputs(causal):
+    """>= 32 (batch, head) items and Nk <= 1024: the CPU forward computes the CLS row and the column sums in
+    its single pass (query blocks in order per item); must equal the reference, dense and packed."""
+    q, k, v, kb, km = make(4, 8, 70, 50, 8, torch.float64, bias=True, mask=True, seed=15)
+    check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(5, 66))
+    cu = torch.tensor([0, 30, 30, 100, 101], dtype=torch.int32)
+    q, k, v, kb, km = make(1, 8, 101, 101, 8, torch.float64, bias=True, mask=True, seed=16)
+    check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(1, None), cu=cu)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -123,8 +123,11 @@ inline int64_t visible_keys(bool causal, int64_t i, int64_t nq, int64_t nk) {
   return std::max<int64_t>(0, std::min<int64_t>(nk, i + (nk - nq) + 1));
 }
 
+// Work items (segment, head, block), blocks innermost: a thread's consecutive items share the head's K / V
+// (or Q / dO) in cache.
 struct Task {
   int32_t seg;
+  int32_t h;
   int64_t start;  // first query (or key) of the block, segment-local
 };
 
@@ -132,7 +135,8 @@ inline std::vector<Task> make_tasks(const Problem& p, bool over_queries, int64_t
   std::vector<Task> t;
   for (size_t s = 0; s < p.segs.size(); ++s) {
     const int64_t n = over_queries ? p.segs[s].nq : p.segs[s].nk;
-    for (int64_t x = 0; x < n; x += block) t.push_back({static_cast<int32_t>(s), x});
+    for (int64_t h = 0; h < p.H; ++h)
+      for (int64_t x = 0; x < n; x += block) t.push_back({static_cast<int32_t>(s), static_cast<int32_t>(h), x});
   }
   return t;
 }
@@ -146,66 +150,126 @@ struct Tensors {
 
 // ---- forward -------------------------------------------------------------------------------------
 template <typename T>
-void forward_kernel(const Problem& p, const Tensors<T>& in, T* out, T* lse) {
+struct FwdScratch {
+  std::vector<T> S, O, m, l;
+  FwdScratch(int64_t chunk, int64_t d) : S(kQueryBlock * chunk), O(kQueryBlock * d), m(kQueryBlock), l(kQueryBlock) {}
+};
+
+// One query block [q0, q0 + M) of segment sg, head h: online softmax over key chunks, writes out and lse.
+// When fuse_col / fuse_cls are set (only with one key chunk, where S holds the final unnormalised p after the
+// loop), the block also adds its rows' probabilities to col (rows in [col_lo, col_hi)) and writes the CLS row.
+template <typename T>
+void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, int64_t h, int64_t q0, int64_t chunk,
+                   FwdScratch<T>& sc, T* out, T* lse, T* col, int64_t col_lo, int64_t col_hi, T* cls) {
   const int64_t H = p.H, Nq = p.Nq, Nk = p.Nk, d = p.d;
   const T scale = static_cast<T>(p.scale);
-  const std::vector<Task> tasks = make_tasks(p, true, kQueryBlock);
-  const int64_t n_items = static_cast<int64_t>(tasks.size()) * H;
+  const int64_t M = std::min(kQueryBlock, sg.nq - q0);
+  const int64_t bh = sg.b * H + h;
+  const T* Q = in.q + (bh * Nq + sg.qo + q0) * d;
+  const T* K = in.k + (bh * Nk + sg.ko) * d;
+  const T* V = in.v + (bh * Nk + sg.ko) * d;
+  const T* add = in.add ? in.add + sg.b * Nk + sg.ko : nullptr;
+  T* O = sc.O.data();
+  T* m = sc.m.data();
+  T* l = sc.l.data();
+  T* Sp = sc.S.data();
+  std::fill(O, O + M * d, T(0));
+  std::fill(m, m + M, rowk::neg_inf<T>());
+  std::fill(l, l + M, T(0));
+  const int64_t kend = visible_keys(p.causal, q0 + M - 1, sg.nq, sg.nk);
+  int64_t last_n = 0;
+  for (int64_t k0 = 0; k0 < kend; k0 += chunk) {
+    const int64_t n = std::min(chunk, kend - k0);
+    last_n = n;
+    scores<T>(Q, K + k0 * d, M, n, d, scale, Sp);
+    for (int64_t r = 0; r < M; ++r) {
+      T* srow = Sp + r * n;
+      const int64_t nvalid =
+          std::max<int64_t>(0, std::min<int64_t>(n, visible_keys(p.causal, q0 + r, sg.nq, sg.nk) - k0));
+      const T mx = rowk::add_mask_max<T>(srow, add ? add + k0 : nullptr, nvalid, n);
+      const T mnew = std::max(m[r], mx);
+      if (mnew == rowk::neg_inf<T>()) {
+        std::fill(srow, srow + n, T(0));
+        continue;
+      }
+      const T alpha = m[r] == rowk::neg_inf<T>() ? T(0) : std::exp(m[r] - mnew);
+      const T rs = rowk::exp_sub_sum<T>(srow, n, mnew);
+      if (alpha != T(1)) {
+        T* orow = O + r * d;
+        for (int64_t c = 0; c < d; ++c) orow[c] *= alpha;
+      }
+      l[r] = l[r] * alpha + rs;
+      m[r] = mnew;
+    }
+    pv<T>(Sp, V + k0 * d, M, n, d, T(1), T(1), O);
+  }
+  T* out_p = out + (bh * Nq + sg.qo + q0) * d;
+  T* lse_p = lse + bh * Nq + sg.qo + q0;
+  for (int64_t r = 0; r < M; ++r) {
+    if (l[r] > T(0)) {
+      const T inv = T(1) / l[r];
+      for (int64_t c = 0; c < d; ++c) out_p[r * d + c] = O[r * d + c] * inv;
+      lse_p[r] = m[r] + std::log(l[r]);
+    } else {
+      for (int64_t c = 0; c < d; ++c) out_p[r * d + c] = T(0);
+      lse_p[r] = rowk::neg_inf<T>();
+    }
+  }
+  // fused side outputs (single key chunk: kend <= chunk, S = p * l for the keys [0, last_n))
+  if (cls && q0 == 0 && M > 0 && l[0] > T(0)) {
+    T* crow = cls + bh * Nk + sg.ko;
+    const T inv = T(1) / l[0];
+    for (int64_t j = 0; j < last_n; ++j) crow[j] = Sp[j] * inv;
+  }
+  if (col) {
+    T* c = col + bh * Nk + sg.ko;
+    const int64_t r0 = std::max<int64_t>(col_lo - q0, 0), r1 = std::min<int64_t>(col_hi - q0, M);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!(l[r] > T(0))) continue;
+      const T inv = T(1) / l[r];
+      const T* srow = Sp + r * last_n;
+      for (int64_t j = 0; j < last_n; ++j) c[j] += srow[j] * inv;
+    }
+  }
+}
+
+// Fused side outputs need one key chunk per query block and enough (segment, head) items to keep every
+// thread busy while each item runs its query blocks in order (the column sums then accumulate in a fixed
+// order: deterministic). The choice depends only on the shapes, never on the thread count.
+inline bool use_fused_side_outputs(const Problem& p) {
+  return p.max_nk <= kSingleChunk && static_cast<int64_t>(p.segs.size()) * p.H >= 32;
+}
+
+// col / cls: null unless requested and fused (use_fused_side_outputs); both must be zero-filled.
+template <typename T>
+void forward_kernel(const Problem& p, const Tensors<T>& in, T* out, T* lse, T* col, int64_t start, int64_t end,
+                    T* cls) {
+  const int64_t H = p.H, d = p.d;
   const int64_t chunk = p.max_nk <= kSingleChunk ? std::max<int64_t>(p.max_nk, 1) : kKeyChunk;
-  at::parallel_for(0, n_items, grain_for(n_items), [&](int64_t begin, int64_t end) {
+  if (col || cls) {
+    TORCH_INTERNAL_ASSERT(use_fused_side_outputs(p));
+    const int64_t n_items = static_cast<int64_t>(p.segs.size()) * H;
+    at::parallel_for(0, n_items, grain_for(n_items), [&](int64_t begin, int64_t end_it) {
+      SingleThreadBlas single_thread_blas;
+      FwdScratch<T> sc(chunk, d);
+      for (int64_t it = begin; it < end_it; ++it) {
+        const Segment& sg = p.segs[it / H];
+        int64_t lo, hi;
+        col_range(start, end, sg.nq, &lo, &hi);
+        for (int64_t q0 = 0; q0 < sg.nq; q0 += kQueryBlock)
+          forward_block<T>(p, in, sg, it % H, q0, chunk, sc, out, lse, col, lo, hi, cls);
+      }
+    });
+    return;
+  }
+  const std::vector<Task> tasks = make_tasks(p, true, kQueryBlock);
+  const int64_t n_items = static_cast<int64_t>(tasks.size());
+  at::parallel_for(0, n_items, grain_for(n_items), [&](int64_t begin, int64_t end_it) {
     SingleThreadBlas single_thread_blas;
-    std::vector<T> S(kQueryBlock * chunk), O(kQueryBlock * d), m(kQueryBlock), l(kQueryBlock);
-    for (int64_t it = begin; it < end; ++it) {
-      const Task& tk = tasks[it / H];
-      const int64_t h = it % H;
-      const Segment& sg = p.segs[tk.seg];
-      const int64_t q0 = tk.start, M = std::min(kQueryBlock, sg.nq - q0);
-      const int64_t bh = sg.b * H + h;
-      const T* Q = in.q + (bh * Nq + sg.qo + q0) * d;
-      const T* K = in.k + (bh * Nk + sg.ko) * d;
-      const T* V = in.v + (bh * Nk + sg.ko) * d;
-      const T* add = in.add ? in.add + sg.b * Nk + sg.ko : nullptr;
-      std::fill(O.begin(), O.begin() + M * d, T(0));
-      std::fill(m.begin(), m.begin() + M, rowk::neg_inf<T>());
-      std::fill(l.begin(), l.begin() + M, T(0));
-      const int64_t kend = visible_keys(p.causal, q0 + M - 1, sg.nq, sg.nk);
-      for (int64_t k0 = 0; k0 < kend; k0 += chunk) {
-        const int64_t n = std::min(chunk, kend - k0);
-        T* Sp = S.data();
-        scores<T>(Q, K + k0 * d, M, n, d, scale, Sp);
-        for (int64_t r = 0; r < M; ++r) {
-          T* srow = Sp + r * n;
-          const int64_t nvalid = std::max<int64_t>(
-              0, std::min<int64_t>(n, visible_keys(p.causal, q0 + r, sg.nq, sg.nk) - k0));
-          const T mx = rowk::add_mask_max<T>(srow, add ? add + k0 : nullptr, nvalid, n);
-          const T mnew = std::max(m[r], mx);
-          if (mnew == rowk::neg_inf<T>()) {
-            std::fill(srow, srow + n, T(0));
-            continue;
-          }
-          const T alpha = m[r] == rowk::neg_inf<T>() ? T(0) : std::exp(m[r] - mnew);
-          const T rs = rowk::exp_sub_sum<T>(srow, n, mnew);
-          if (alpha != T(1)) {
-            T* orow = O.data() + r * d;
-            for (int64_t c = 0; c < d; ++c) orow[c] *= alpha;
-          }
-          l[r] = l[r] * alpha + rs;
-          m[r] = mnew;
-        }
-        pv<T>(Sp, V + k0 * d, M, n, d, T(1), T(1), O.data());
-      }
-      T* out_p = out + (bh * Nq + sg.qo + q0) * d;
-      T* lse_p = lse + bh * Nq + sg.qo + q0;
-      for (int64_t r = 0; r < M; ++r) {
-        if (l[r] > T(0)) {
-          const T inv = T(1) / l[r];
-          for (int64_t c = 0; c < d; ++c) out_p[r * d + c] = O[r * d + c] * inv;
-          lse_p[r] = m[r] + std::log(l[r]);
-        } else {
-          for (int64_t c = 0; c < d; ++c) out_p[r * d + c] = T(0);
-          lse_p[r] = rowk::neg_inf<T>();
-        }
-      }
+    FwdScratch<T> sc(chunk, d);
+    for (int64_t it = begin; it < end_it; ++it) {
+      const Task& tk = tasks[it];
+      forward_block<T>(p, in, p.segs[tk.seg], tk.h, tk.start, chunk, sc, out, lse, nullptr, 0, 0, nullptr);
     }
   });
 }
@@ -246,13 +310,13 @@ void colsum_kernel(const Problem& p, const Tensors<T>& in, const T* lse, int64_t
   const int64_t H = p.H, Nq = p.Nq, Nk = p.Nk, d = p.d;
   const T scale = static_cast<T>(p.scale);
   const std::vector<Task> tasks = make_tasks(p, false, kKeyBlock);
-  const int64_t n_items = static_cast<int64_t>(tasks.size()) * H;
+  const int64_t n_items = static_cast<int64_t>(tasks.size());
   at::parallel_for(0, n_items, grain_for(n_items), [&](int64_t begin, int64_t end_it) {
     SingleThreadBlas single_thread_blas;
     std::vector<T> S(kQueryChunk * kKeyBlock);
     for (int64_t it = begin; it < end_it; ++it) {
-      const Task& tk = tasks[it / H];
-      const int64_t h = it % H;
+      const Task& tk = tasks[it];
+      const int64_t h = tk.h;
       const Segment& sg = p.segs[tk.seg];
       const int64_t k0 = tk.start, nkb = std::min(kKeyBlock, sg.nk - k0), bh = sg.b * H + h;
       T* c = col + bh * Nk + sg.ko + k0;
@@ -285,13 +349,13 @@ void backward_dq_kernel(const Problem& p, const Tensors<T>& in, const T* dout, c
   const int64_t H = p.H, Nq = p.Nq, Nk = p.Nk, d = p.d;
   const T scale = static_cast<T>(p.scale);
   const std::vector<Task> tasks = make_tasks(p, true, kQueryBlock);
-  const int64_t n_items = static_cast<int64_t>(tasks.size()) * H;
+  const int64_t n_items = static_cast<int64_t>(tasks.size());
   at::parallel_for(0, n_items, grain_for(n_items), [&](int64_t begin, int64_t end) {
     SingleThreadBlas single_thread_blas;
     std::vector<T> S(kQueryBlock * kKeyChunk), dP(kQueryBlock * kKeyChunk);
     for (int64_t it = begin; it < end; ++it) {
-      const Task& tk = tasks[it / H];
-      const int64_t h = it % H;
+      const Task& tk = tasks[it];
+      const int64_t h = tk.h;
       const Segment& sg = p.segs[tk.seg];
       const int64_t q0 = tk.start, M = std::min(kQueryBlock, sg.nq - q0), bh = sg.b * H + h;
       const int64_t row0 = bh * Nq + sg.qo + q0;
@@ -326,13 +390,13 @@ void backward_dkv_kernel(const Problem& p, const Tensors<T>& in, const T* dout, 
   const int64_t H = p.H, Nq = p.Nq, Nk = p.Nk, d = p.d;
   const T scale = static_cast<T>(p.scale);
   const std::vector<Task> tasks = make_tasks(p, false, kKeyBlock);
-  const int64_t n_items = static_cast<int64_t>(tasks.size()) * H;
+  const int64_t n_items = static_cast<int64_t>(tasks.size());
   at::parallel_for(0, n_items, grain_for(n_items), [&](int64_t begin, int64_t end) {
     SingleThreadBlas single_thread_blas;
     std::vector<T> S(kQueryChunk * kKeyBlock), P(kQueryChunk * kKeyBlock), dP(kQueryChunk * kKeyBlock);
     for (int64_t it = begin; it < end; ++it) {
-      const Task& tk = tasks[it / H];
-      const int64_t h = it % H;
+      const Task& tk = tasks[it];
+      const int64_t h = tk.h;
       const Segment& sg = p.segs[tk.seg];
       const int64_t k0 = tk.start, nkb = std::min(kKeyBlock, sg.nk - k0), bh = sg.b * H + h;
       const int64_t key0 = bh * Nk + sg.ko + k0;
@@ -397,9 +461,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu
   at::Tensor col = return_col_sum ? at::zeros({p.B, p.H, p.Nk}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "attention_forward_cpu", [&] {
     const Tensors<scalar_t> in = make_tensors<scalar_t>(qa, ka, va, add);
-    forward_kernel<scalar_t>(p, in, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
-    if (return_cls_attn) cls_kernel<scalar_t>(p, in, lse.data_ptr<scalar_t>(), cls.data_ptr<scalar_t>());
-    if (return_col_sum)
+    const bool fused = (return_cls_attn || return_col_sum) && use_fused_side_outputs(p);
+    forward_kernel<scalar_t>(p, in, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                             fused && return_col_sum ? col.data_ptr<scalar_t>() : nullptr, col_sum_start, col_sum_end,
+                             fused && return_cls_attn ? cls.data_ptr<scalar_t>() : nullptr);
+    if (return_cls_attn && !fused) cls_kernel<scalar_t>(p, in, lse.data_ptr<scalar_t>(), cls.data_ptr<scalar_t>());
+    if (return_col_sum && !fused)
       colsum_kernel<scalar_t>(p, in, lse.data_ptr<scalar_t>(), col_sum_start, col_sum_end, col.data_ptr<scalar_t>());
   });
   return {out.to(q.scalar_type()), lse, cls, col};
