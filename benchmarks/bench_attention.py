@@ -49,9 +49,20 @@ def run(device="cpu", quick=False):
         rows.append(compare("attention", "output only vs SDPA", shape, device,
                             lambda: A.attention(q, k, v), lambda: F.scaled_dot_product_attention(q, k, v),
                             reps=reps))
+        # eager holds the scores and the probabilities (2 x B H N^2 fp32); the fused op O(B H N) + tiles
+        note = f"eager p alone: {B * H * N * N * 4 / 2**20:.0f} MiB"
         rows.append(compare("attention", "out+lse+CLS row+col sums vs eager probs", shape, device,
                             lambda: A.attention_with_side_outputs(q, k, v), lambda: eager_with_probs(q, k, v),
-                            reps=reps))
+                            reps=reps, notes=note))
+    # training step at the ViT-B shape: forward + backward (dq, dk, dv) vs SDPA's
+    label, B, H, N, d = shapes(quick)[0]
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(B, H, N, d, generator=g).to(device).requires_grad_(True) for _ in range(3))
+    go = torch.randn(B, H, N, d, generator=g).to(device)
+    rows.append(compare("attention", "forward+backward vs SDPA", f"{label}: B={B} H={H} N={N} d={d}", device,
+                        lambda: torch.autograd.grad(A.attention(q, k, v), (q, k, v), go),
+                        lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), go),
+                        reps=reps))
     return rows
 
 
