@@ -37,6 +37,13 @@ inline at::Tensor segment_table(const Problem& p, const at::Tensor& like) {
   return t.to(like.device());
 }
 
+inline void check_grid(const Problem& p) {
+  TORCH_CHECK_VALUE(ceil_div(p.max_nq, kBM) <= 65535 && ceil_div(p.max_nk, kThreads) <= 65535,
+                    "attention on the GPU supports up to ", 65535 * kBM, " queries and ", 65535 * kThreads,
+                    " keys per sequence, got ", p.max_nq, " and ", p.max_nk);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(p.segs.size()) * p.H <= 2147483647, "too many (batch, head) pairs");
+}
+
 // Kernels whose tiles need more than the default 48 KiB of dynamic shared memory opt in (d up to 128, fp64).
 template <typename Kernel>
 inline void allow_smem(Kernel kern, size_t bytes) {
@@ -60,6 +67,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
   const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, scale, cu_seqlens);
   imtok::attention::check_col_range(col_sum_start, col_sum_end);
+  check_grid(p);
   IMTOK_DEVICE_GUARD(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const auto opts = q.options().dtype(p.acc_dtype);
@@ -111,6 +119,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, scale, cu_seqlens);
   imtok::attention::check_backward_inputs(p, q_in, grad_out, grad_lse, out, lse_in);
   TORCH_CHECK_VALUE(!need_bias_grad || key_bias.has_value(), "need_bias_grad requires key_bias");
+  check_grid(p);
   IMTOK_DEVICE_GUARD(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor dout = grad_out.contiguous();
