@@ -90,7 +90,11 @@ def test_cpu_fused_side_outputs(causal):
     """>= 32 (batch, head) items and Nk <= 1024: the CPU forward computes the CLS row and the column sums in
     its single pass (query blocks in order per item); must equal the reference, dense and packed."""
     q, k, v, kb, km = make(4, 8, 70, 50, 8, torch.float64, bias=True, mask=True, seed=15)
-    check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(5, 66))
+    out, lse, cls, col = check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(5, 66))
+    F = torch.ops.imtok_cuda.attention_forward
+    assert torch.equal(F(q, k, v, kb, km, causal, None, True, False, 5, 66)[2], cls)  # CLS row alone
+    assert torch.equal(F(q, k, v, kb, km, causal, None, False, True, 5, 66)[3], col)  # column sums alone
+    assert torch.equal(F(q, k, v, kb, km, causal)[0], out)  # output-only path: same numbers
     cu = torch.tensor([0, 30, 30, 100, 101], dtype=torch.int32)
     q, k, v, kb, km = make(1, 8, 101, 101, 8, torch.float64, bias=True, mask=True, seed=16)
     check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(1, None), cu=cu)
