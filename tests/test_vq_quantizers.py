@@ -1,0 +1,491 @@
+"""vq quantizers: FSQ, LFQ/BSQ + entropy loss, binary, counts, EMA (incl. 2-process gloo), quantize, RVQ and the
+nn modules. Reference (imtok_cuda.reference.vq_quantizers) vs CPU kernel vs emulated CUDA kernel."""
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import imtok_cuda
+from imtok_cuda import vq
+from imtok_cuda.reference import vq_quantizers as R
+
+OPS = torch.ops.imtok_cuda
+HAS_GPU = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+LEVELS = [[8, 8, 8, 5, 5, 5], [7, 5, 3], [8, 6, 5], [2, 2, 2, 2], [3], [16, 16], [4] * 15]
+
+
+@pytest.fixture
+def emu_ops():
+    """torch.ops.imtok_cuda_emu: the CUDA kernels executed on CPU threads (emulated)."""
+    if not imtok_cuda.emulation_available():
+        pytest.skip("built without IMTOK_EMULATE_CUDA=1")
+    return torch.ops.imtok_cuda_emu
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _fsq_input(n, levels, dtype=torch.float32, scale=2.0):
+    return (torch.randn(n, len(levels)) * scale).to(dtype)
+
+
+# ================================================= FSQ =================================================
+
+
+@pytest.mark.parametrize("levels", LEVELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fsq_cpu_matches_anchor_exactly(levels, dtype):
+    z = _fsq_input(4099, levels, dtype)
+    codes, idx = vq.fsq(z, levels)
+    ac, ai = R.anchor_fsq(z, levels)
+    assert codes.dtype == dtype and idx.dtype == torch.int32
+    assert torch.equal(codes, ac)
+    assert torch.equal(idx, R.fsq(z, levels)[1])
+    if dtype == torch.float64 or vq.fsq_codebook_size(levels) <= 2**24:
+        assert torch.equal(idx, ai)
+    else:
+        # the anchor sums the index in fp32: above 2^24 codes it returns wrong (rounded) indices
+        assert not torch.equal(idx, ai)
+        assert torch.equal(vq.fsq_indices_to_codes(idx, levels), codes)
+
+
+@pytest.mark.parametrize("levels", LEVELS[:4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 37, 300])
+def test_fsq_emulated_matches_reference(emu_ops, levels, dtype, n):
+    z = _fsq_input(n, levels, dtype)
+    rc, ri = R.fsq(z, levels)
+    ec, ei = emu_ops.vq_fsq(z, levels)
+    cc, ci = OPS.vq_fsq(z, levels)
+    assert torch.equal(ec, rc) and torch.equal(ei, ri)
+    assert torch.equal(cc, ec) and torch.equal(ci, ei)
+
+
+def test_fsq_bf16_input_keeps_all_codes():
+    levels = [8, 8, 8, 5, 5, 5]
+    size = vq.fsq_codebook_size(levels)
+    # one input per code: the pre-image of each code's centre, in bf16
+    centres = vq.fsq_indices_to_codes(torch.arange(size), levels)  # [size, d] in [-1, 1]
+    lv = torch.tensor(levels, dtype=torch.float32)
+    half_l = (lv - 1) * (1 + 1e-3) / 2
+    offset = (lv % 2 == 0).float() * 0.5
+    shift = torch.atanh(offset / half_l)
+    z = (torch.atanh((centres * (lv // 2) + offset) / half_l) - shift).to(torch.bfloat16)
+    codes, idx = vq.fsq(z, levels)
+    assert codes.dtype == torch.float32
+    assert torch.unique(idx).numel() == size
+    assert torch.equal(idx, torch.arange(size, dtype=torch.int32))
+    # random bf16 inputs: exactly the fp32 result of the upcast input
+    zr = (torch.randn(3000, 6) * 2).bfloat16()
+    assert torch.equal(vq.fsq(zr, levels)[1], R.anchor_fsq(zr.float(), levels)[1])
+
+
+@pytest.mark.parametrize("levels", [[8, 8, 8, 5, 5, 5], [7, 5, 3], [5, 4]])
+def test_fsq_indices_round_trip(levels, emu_ops):
+    size = vq.fsq_codebook_size(levels)
+    all_idx = torch.arange(size)
+    codes = vq.fsq_indices_to_codes(all_idx, levels)
+    assert torch.equal(codes, R.anchor_fsq_indices_to_codes(all_idx, levels).float())
+    assert torch.equal(emu_ops.vq_fsq_indices_to_codes(all_idx[:300].int(), levels), codes[:300])
+    # codes are fixed points of the quantizer's index map: codes -> (bound^-1) -> fsq -> same index
+    z = torch.randn(5000, len(levels)) * 3
+    c, i = vq.fsq(z, levels)
+    assert torch.equal(vq.fsq_indices_to_codes(i, levels), c)
+    assert torch.equal(vq.fsq_indices_to_codes(i.long(), levels), c)
+
+
+def test_fsq_non_contiguous_and_batched_shapes():
+    levels = [8, 5, 5, 5]
+    z = torch.randn(3, 4, 7, 9)[..., :4]  # non-contiguous [3, 4, 7, 4]
+    assert not z.is_contiguous()
+    c, i = vq.fsq(z, levels)
+    rc, ri = R.fsq(z.contiguous(), levels)
+    assert c.shape == (3, 4, 7, 4) and i.shape == (3, 4, 7)
+    assert torch.equal(c, rc) and torch.equal(i, ri)
+    zt = torch.randn(4, 50).t()  # [50, 4] non-contiguous
+    assert torch.equal(vq.fsq(zt, levels)[1], R.fsq(zt.contiguous(), levels)[1])
+
+
+def test_fsq_nan_and_inf():
+    levels = [8, 5]
+    z = torch.tensor([[float("nan"), 0.0], [float("inf"), float("-inf")], [0.0, 0.0]])
+    c, i = vq.fsq(z, levels)
+    assert i[0].item() == -1 and torch.isnan(c[0, 0])
+    ac, ai = R.anchor_fsq(z[1:], levels)
+    assert torch.equal(c[1:], ac) and torch.equal(i[1:], ai)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fsq_backward_matches_anchor(dtype, emu_ops):
+    levels = [8, 8, 8, 5, 5, 5]
+    z = _fsq_input(513, levels, dtype, 1.5)
+    g = torch.randn(513, 6)
+    za = z.detach().clone().requires_grad_()
+    R.anchor_fsq(za, levels)[0].backward(g.to(R.anchor_fsq(za.detach(), levels)[0].dtype))
+    zk = z.detach().clone().requires_grad_()
+    vq.fsq(zk, levels)[0].backward(g)
+    assert zk.grad.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(zk.grad, za.grad, rtol=1e-6, atol=1e-7)
+    else:
+        torch.testing.assert_close(zk.grad.float(), za.grad.float(), rtol=1e-2, atol=1e-3)
+    assert torch.equal(emu_ops.vq_fsq_backward(g, z, levels), OPS.vq_fsq_backward(g, z, levels))
+
+
+def test_fsq_gradcheck():
+    z = (torch.randn(23, 3, dtype=torch.float64) * 1.5).requires_grad_()
+    # codes are piecewise constant, so the straight-through derivative is checked against the smooth
+    # function it stands for (bound / (L//2)), itself gradchecked by finite differences
+    lv = torch.tensor([7.0, 5.0, 4.0], dtype=torch.float64)
+    half_l = ((lv - 1).float() * 1.001 / 2).double()
+
+    def smooth(t):
+        offset = (lv % 2 == 0).double() * 0.5
+        shift = torch.atanh(offset.float() / half_l.float()).double()
+        return ((t + shift).tanh() * half_l - offset) / (lv // 2)
+
+    zz = z.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(smooth, (zz,))
+    g = torch.randn(23, 3, dtype=torch.float64)
+    (gz,) = torch.autograd.grad(vq.fsq(z, [7, 5, 4])[0], z, g)
+    (gs,) = torch.autograd.grad(smooth(zz), zz, g)
+    torch.testing.assert_close(gz, gs, rtol=1e-6, atol=1e-7)
+
+
+def test_fsq_opcheck():
+    z = torch.randn(17, 4, requires_grad=True)
+    torch.library.opcheck(OPS.vq_fsq.default, (z, [8, 5, 5, 5]))
+    torch.library.opcheck(OPS.vq_fsq_backward.default, (torch.randn(17, 4), z.detach(), [8, 5, 5, 5]))
+    torch.library.opcheck(OPS.vq_fsq_indices_to_codes.default, (torch.randint(0, 1000, (9,)), [8, 5, 5, 5]))
+
+
+def test_fsq_torch_compile():
+    levels = [8, 5, 5, 5]
+
+    def f(z):
+        c, i = vq.fsq(z, levels)
+        return (c * 2).sum(), i
+
+    z = torch.randn(64, 4, requires_grad=True)
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out, i = cf(z)
+    out.backward()
+    z2 = z.detach().clone().requires_grad_()
+    ref, ri = f(z2)
+    ref.backward()
+    assert torch.equal(i, ri)
+    torch.testing.assert_close(z.grad, z2.grad)
+
+
+def test_fsq_bad_input():
+    with pytest.raises(ValueError, match="z.shape"):
+        vq.fsq(torch.randn(4, 3), [8, 5])
+    with pytest.raises(ValueError, match=r"levels\[1\]"):
+        vq.fsq(torch.randn(4, 2), [8, 1])
+    with pytest.raises(TypeError, match="z must be"):
+        vq.fsq(torch.ones(4, 2, dtype=torch.int64), [8, 5])
+    with pytest.raises(ValueError, match="z.shape"):
+        OPS.vq_fsq(torch.randn(4, 3), [8, 5])
+    with pytest.raises(ValueError, match=r"levels\[0\]"):
+        OPS.vq_fsq(torch.randn(4, 1), [0])
+    with pytest.raises(ValueError, match="int32"):
+        OPS.vq_fsq(torch.randn(4, 9), [16] * 9)
+    with pytest.raises(ValueError, match="indices"):
+        vq.fsq_indices_to_codes(torch.tensor([0, 40]), [8, 5])
+    with pytest.raises(TypeError, match="indices"):
+        vq.fsq_indices_to_codes(torch.tensor([0.0]), [8, 5])
+
+
+def test_fsq_bad_input_emulated(emu_ops):
+    with pytest.raises(ValueError, match="z.shape"):
+        emu_ops.vq_fsq(torch.randn(4, 3), [8, 5])
+    with pytest.raises(ValueError, match="indices"):
+        emu_ops.vq_fsq_indices_to_codes(torch.tensor([-1]), [8, 5])
+
+
+# ================================================ LFQ / BSQ ================================================
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lfq_matches_reference(spherical, dtype, emu_ops):
+    x = torch.randn(301, 10).to(dtype)
+    x[0, :3] = 0.0
+    q, idx, xu = vq.lfq_quantize(x, scale=1.5, spherical=spherical)
+    rq, ridx, rxu = R.lfq(x, scale=1.5, spherical=spherical)
+    assert idx.dtype == torch.int64
+    assert torch.equal(idx, ridx)
+    assert torch.equal(q, rq)
+    v = R.lfq_value(10, 1.5, spherical)
+    eq, eidx = emu_ops.vq_lfq(xu, v)
+    cq, cidx = OPS.vq_lfq(xu, v)
+    assert torch.equal(eidx, ridx) and torch.equal(cidx, ridx)
+    assert torch.equal(eq, cq) and torch.equal(cq, torch.where(xu > 0, v, -v).float())
+
+
+def test_lfq_index_bits_msb_first_and_zero_is_negative():
+    x = torch.tensor([[1.0, -1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0], [-0.0, 3.0, 3.0, 3.0]])
+    q, idx, _ = vq.lfq_quantize(x)
+    assert idx.tolist() == [0b1001, 0, 0b0111]
+    assert q[1].tolist() == [-1.0] * 4
+
+
+def test_lfq_straight_through_grad_and_opcheck():
+    x = torch.randn(20, 6, requires_grad=True)
+    q, _, _ = vq.lfq_quantize(x)
+    q.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    torch.library.opcheck(OPS.vq_lfq.default, (torch.randn(11, 5), 0.5))
+
+
+def test_lfq_bad_input():
+    with pytest.raises(ValueError, match="x.shape"):
+        vq.lfq_quantize(torch.randn(3, 63))
+    with pytest.raises(ValueError, match="x.shape"):
+        OPS.vq_lfq(torch.randn(3, 63), 1.0)
+    with pytest.raises(TypeError, match="x must be"):
+        OPS.vq_lfq(torch.ones(3, 4, dtype=torch.int32), 1.0)
+
+
+@pytest.mark.parametrize("d,temp,scale,spherical", [(6, 100.0, 1.0, False), (8, 100.0, 0.05, False),
+                                                    (10, 1.0, 1.0, False), (9, 100.0, 1.0, True),
+                                                    (12, 30.0, 0.02, False), (1, 100.0, 1.0, False)])
+def test_lfq_entropy_matches_materializing_anchor(d, temp, scale, spherical):
+    x = torch.randn(777, d) * scale
+    _, _, xu = R.lfq(x, 1.0, spherical)
+    v = R.lfq_value(d, 1.0, spherical)
+    ps, cb = R.anchor_lfq_entropy(xu, temp, 1.0, spherical)
+    ps2, cb2 = vq.lfq_entropy(xu, temp, v, tile=100)
+    torch.testing.assert_close(cb2, cb, rtol=1e-5, atol=1e-5)  # same clamp: same value
+    torch.testing.assert_close(ps2, ps, rtol=1e-3, atol=1e-3)  # exact entropy vs clamped log: small gap
+    # the per-bit form equals the materialized product distribution without the clamp
+    fps, fcb = R.lfq_entropy_factorized(xu, temp, v)
+    torch.testing.assert_close(ps2, fps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cb2, fcb, rtol=1e-5, atol=1e-5)
+    # gradients of the codebook entropy
+    xa = xu.detach().clone().requires_grad_()
+    xb = xu.detach().clone().requires_grad_()
+    R.anchor_lfq_entropy(xa, temp, 1.0, spherical)[1].backward()
+    vq.lfq_codebook_entropy(xb, temp, v, tile=64).backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-3, atol=1e-4 * xa.grad.abs().max().item() + 1e-7)
+
+
+def test_lfq_entropy_tile_independent_and_gradcheck():
+    x = torch.randn(100, 7) * 0.1
+    a = vq.lfq_codebook_entropy(x, 10.0, tile=7)
+    b = vq.lfq_codebook_entropy(x, 10.0, tile=1000)
+    torch.testing.assert_close(a, b)
+    xd = (torch.randn(9, 5, dtype=torch.float64) * 0.2).requires_grad_()
+    # fp32 inside: compare the custom backward with finite differences at a loose tolerance
+    assert torch.autograd.gradcheck(lambda t: vq.lfq_codebook_entropy(t, 1.0, tile=4).double(), (xd,),
+                                    eps=1e-3, atol=2e-3, rtol=2e-2)
+
+
+def test_lfq_entropy_bad_input():
+    with pytest.raises(ValueError, match="x.shape"):
+        vq.lfq_codebook_entropy(torch.randn(3, 25))
+    with pytest.raises(ValueError, match="tile"):
+        vq.lfq_codebook_entropy(torch.randn(3, 4), tile=0)
+
+
+# ================================================= binary ==================================================
+
+
+def test_binary_eval_uses_sigmoid_in_input_dtype():
+    z = torch.tensor([1e-3, -1e-3, 2.0, -2.0, 0.0], dtype=torch.bfloat16)
+    _, bits, loss = vq.binary_quantize(z[None])
+    assert bits.dtype == torch.bfloat16
+    assert bits[0].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]  # sigmoid(1e-3) rounds to 0.5 in bf16
+    assert (z > 0).float().tolist()[0] == 1.0  # which z > 0 would have called 1
+    assert loss.item() == 0.0
+    emb = torch.randn(5, 3, dtype=torch.bfloat16)
+    out, b2, _ = vq.binary_quantize(z[None], emb)
+    assert torch.equal(out, b2 @ emb)
+    ro, rb, _ = R.binary_quantize(z[None], emb)
+    assert torch.equal(ro, out)
+
+
+def test_binary_train_straight_through():
+    z = torch.randn(64, 8, requires_grad=True)
+    g = torch.Generator().manual_seed(3)
+    out, bits, loss = vq.binary_quantize(z, training=True, temperature=0.5, generator=g)
+    assert set(bits.detach().unique().tolist()) <= {0.0, 1.0}
+    p = torch.sigmoid(z.detach() / 0.5)
+    torch.testing.assert_close(loss, (p * (1 - p)).mean())
+    bits.sum().backward()
+    torch.testing.assert_close(z.grad, p * (1 - p) / 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        vq.binary_quantize(z, training=True, temperature=0.0)
+    with pytest.raises(ValueError, match="embedding"):
+        vq.binary_quantize(z, torch.randn(7, 3))
+
+
+# ============================================= counts and EMA =============================================
+
+
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("n,k", [(0, 5), (1, 1), (1000, 37), (513, 4096)])
+def test_code_counts(itype, n, k, emu_ops):
+    idx = torch.randint(0, k, (n,), dtype=itype)
+    ref = R.code_counts(idx, k)
+    assert torch.equal(vq.code_counts(idx, k), ref)
+    assert torch.equal(emu_ops.vq_code_counts(idx, k), ref)
+    assert torch.equal(vq.code_counts(idx.reshape(-1, 1) if n else idx, k), ref)
+
+
+def test_perplexity():
+    counts = torch.tensor([5, 5, 0, 5, 5])
+    torch.testing.assert_close(vq.perplexity(counts), torch.tensor(4.0))
+    torch.testing.assert_close(vq.perplexity(counts), R.perplexity(counts))
+    assert vq.perplexity(torch.zeros(3, dtype=torch.long)).item() == 1.0
+
+
+def test_counts_bad_input(emu_ops):
+    for ops in (OPS, emu_ops):
+        with pytest.raises(ValueError, match="indices must be in"):
+            ops.vq_code_counts(torch.tensor([0, 5]), 5)
+        with pytest.raises(ValueError, match="indices must be in"):
+            ops.vq_code_counts(torch.tensor([-1]), 5)
+        with pytest.raises(TypeError, match="indices"):
+            ops.vq_code_counts(torch.tensor([0.0]), 5)
+        with pytest.raises(ValueError, match="K"):
+            ops.vq_code_counts(torch.tensor([0]), 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,d", [(0, 4, 3), (1, 1, 1), (200, 7, 8), (333, 64, 5)])
+def test_ema_stats_reference_cpu_emulated(dtype, n, k, d, emu_ops):
+    x = torch.randn(n, d).to(dtype)
+    idx = torch.randint(0, k, (n,))
+    if n > 10:
+        idx[: n // 3] = 2  # a heavy code spanning several chunks of the device kernel
+    counts, sums = vq.ema_stats(x, idx, k)
+    rc, rs = R.ema_stats(x, idx, k)
+    ro = R.ema_stats(x, idx, k, method="one_hot")[1]
+    assert torch.equal(counts, rc)
+    assert sums.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sums, ro, rtol=1e-5, atol=1e-5)
+    ec, es = emu_ops.vq_ema_stats(x, idx.int(), k)
+    assert torch.equal(ec, counts) and torch.equal(es, sums)  # same order of additions: bit-identical
+
+
+def test_ema_stats_deterministic_and_order_defined(emu_ops):
+    x = torch.randn(1000, 4) * torch.logspace(-4, 4, 1000)[:, None]
+    idx = torch.randint(0, 3, (1000,))
+    a = vq.ema_stats(x, idx, 3)[1]
+    for _ in range(3):
+        assert torch.equal(vq.ema_stats(x, idx, 3)[1], a)
+    assert torch.equal(emu_ops.vq_ema_stats(x, idx, 3)[1], a)
+    # per code, rows are added in increasing row order
+    seq = torch.zeros(3, 4)
+    for i in range(1000):
+        seq[idx[i]] += x[i]
+    assert torch.equal(a, seq)
+
+
+def test_ema_stats_non_contiguous_opcheck_and_bad_input(emu_ops):
+    x = torch.randn(8, 50).t()
+    idx = torch.randint(0, 6, (50,))
+    torch.testing.assert_close(vq.ema_stats(x, idx, 6)[1], R.ema_stats(x.contiguous(), idx, 6)[1])
+    torch.library.opcheck(OPS.vq_ema_stats.default, (torch.randn(30, 3), torch.randint(0, 5, (30,)), 5))
+    torch.library.opcheck(OPS.vq_code_counts.default, (torch.randint(0, 5, (30,)), 5))
+    for ops in (OPS, emu_ops):
+        with pytest.raises(ValueError, match="indices.shape"):
+            ops.vq_ema_stats(torch.randn(5, 3), torch.zeros(4, dtype=torch.long), 2)
+        with pytest.raises(ValueError, match="indices must be in"):
+            ops.vq_ema_stats(torch.randn(5, 3), torch.full((5,), 2), 2)
+        with pytest.raises(ValueError, match="x must have 2"):
+            ops.vq_ema_stats(torch.randn(5), torch.zeros(5, dtype=torch.long), 2)
+        with pytest.raises(TypeError, match="x must be"):
+            ops.vq_ema_stats(torch.ones(5, 3, dtype=torch.int32), torch.zeros(5, dtype=torch.long), 2)
+
+
+def test_ema_update_matches_reference():
+    K, D = 16, 4
+    embed = torch.randn(K, D)
+    cs, ea = torch.ones(K), embed.clone()
+    rcs, rea = cs.clone(), ea.clone()
+    x = torch.randn(300, D)
+    idx = R.nearest(x, embed)
+    info = vq.ema_update_(embed, cs, ea, x, idx, decay=0.8, eps=1e-5)
+    rc, rs = R.ema_stats(x, idx, K)
+    new = R.ema_update(rcs, rea, rc, rs, 0.8, 1e-5)
+    torch.testing.assert_close(cs, rcs)
+    torch.testing.assert_close(ea, rea)
+    torch.testing.assert_close(embed, new)
+    assert torch.equal(info["counts"], rc) and info["num_replaced"] == 0
+
+
+def test_ema_dead_code_replacement_without_duplicates():
+    K, D = 32, 3
+    embed = torch.randn(K, D)
+    cs, ea = torch.full((K,), 5.0), embed.clone()
+    x = torch.randn(40, D)
+    idx = torch.zeros(40, dtype=torch.long)  # only code 0 used: after the lerp, others drop below 4.5
+    info = vq.ema_update_(embed, cs, ea, x, idx, decay=0.8, dead_threshold=4.5,
+                          generator=torch.Generator().manual_seed(1))
+    assert info["num_replaced"] == K - 1
+    rep = embed[info["replaced"]]
+    # every replaced code is a distinct row of the batch
+    match = (rep[:, None, :] == x[None]).all(-1)
+    assert match.any(1).all()
+    assert torch.unique(match.float().argmax(1)).numel() == K - 1
+    assert torch.all(cs[info["replaced"]] == 4.5)
+    torch.testing.assert_close(ea[info["replaced"]], rep * 4.5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        K, D = 8, 3
+        g = torch.Generator().manual_seed(0)
+        embed = torch.randn(K, D, generator=g)
+        cs, ea = torch.ones(K), embed.clone()
+        x = torch.randn(50 + 13 * rank, D, generator=torch.Generator().manual_seed(10 + rank))
+        idx = R.nearest(x, embed)
+        vq.ema_update_(embed, cs, ea, x, idx, decay=0.8, dead_threshold=0.5,
+                       generator=torch.Generator().manual_seed(rank))
+        torch.save({"embed": embed, "cs": cs, "ea": ea}, os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ema_update_ddp_gloo_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "r0.pt")
+    r1 = torch.load(tmp_path / "r1.pt")
+    for key in ("embed", "cs", "ea"):
+        assert torch.equal(r0[key], r1[key]), key  # ranks stay in sync
+    # equals the single-process update on the concatenated batch (without dead codes in the comparison)
+    K, D = 8, 3
+    embed = torch.randn(K, D, generator=torch.Generator().manual_seed(0))
+    xs = [torch.randn(50 + 13 * r, D, generator=torch.Generator().manual_seed(10 + r)) for r in range(2)]
+    idx = torch.cat([R.nearest(x, embed) for x in xs])
+    rcs, rea = torch.ones(K), embed.clone()
+    rc, rs = R.ema_stats(torch.cat(xs), idx, K)
+    new = R.ema_update(rcs, rea, rc, rs, 0.8, 1e-5)
+    alive = rcs >= 0.5
+    torch.testing.assert_close(r0["cs"][alive], rcs[alive])
+    torch.testing.assert_close(r0["embed"][alive], new[alive])
