@@ -1,5 +1,5 @@
 """Straight-through vector quantization against an explicit codebook, with the loss conventions of the
-anchors, on top of the fused nearest-code search (torch.ops.imtok_cuda.vq_nearest).
+anchors, on top of the fused nearest-code search (imtok_cuda.vq.nearest).
 
     zq, indices, loss, info = quantize(z, codebook, metric="l2", convention="llamagen", beta=0.25)
 
@@ -32,8 +32,9 @@ def nearest_indices(z: torch.Tensor, codebook: torch.Tensor, metric: str = "l2")
     """int64 indices [...] of the nearest code of each row of z [..., D] (lowest index on ties)."""
     if metric not in ("l2", "cosine"):
         raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
-    z2 = z.detach().reshape(-1, z.shape[-1])
-    idx, _ = torch.ops.imtok_cuda.vq_nearest(z2, codebook.detach().to(z2.dtype), metric)
+    from .nearest import nearest  # the fused search (imported lazily: vq/__init__ imports this module)
+
+    idx, _ = nearest(z.detach(), codebook.detach().to(z.dtype), metric)
     return idx.reshape(z.shape[:-1])
 
 
