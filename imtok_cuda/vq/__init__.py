@@ -1,4 +1,5 @@
-"""Vector quantization ops."""
+"""Vector-quantization ops: nearest code (and top-k), latent perturbation, quantizers."""
+from .nearest import latent_perturbation, nearest, nearest_topk  # noqa: F401
 
 # ---- quantizers (FSQ, LFQ/BSQ, binary, quantize + losses, counts, EMA, residual) ---------------------------
 from .fsq import fsq, fsq_indices_to_codes, fsq_codebook_size  # noqa: E402,F401
