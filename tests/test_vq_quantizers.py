@@ -489,3 +489,245 @@ def test_ema_update_ddp_gloo_two_processes(tmp_path):
     alive = rcs >= 0.5
     torch.testing.assert_close(r0["cs"][alive], rcs[alive])
     torch.testing.assert_close(r0["embed"][alive], new[alive])
+
+
+# ============================================ quantize and RVQ ============================================
+
+
+@pytest.mark.parametrize("convention", ["llamagen", "titok", "taming", "vqtorch"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_quantize_matches_reference(convention, metric):
+    z = torch.randn(4, 9, 8, requires_grad=True)
+    cb = torch.randn(37, 8, requires_grad=True)
+    zq, idx, loss, info = vq.quantize(z, cb, metric=metric, convention=convention, beta=0.25)
+    zr, cr = z, cb
+    if metric == "cosine":
+        zr, cr = F.normalize(z, dim=-1, eps=1e-6), F.normalize(cb, dim=-1, eps=1e-6)
+    ridx = R.nearest(zr, cr, metric)
+    assert torch.equal(idx, ridx)
+    e = cr[ridx]
+    _, _, rloss = R.quantize_losses(zr, e, convention, 0.25)
+    torch.testing.assert_close(loss, rloss)
+    torch.testing.assert_close(zq, zr + (e - zr).detach())
+    assert torch.equal(info["counts"], R.code_counts(ridx, 37))
+    torch.testing.assert_close(info["perplexity"], R.perplexity(info["counts"]))
+    # straight-through: d zq / d z = identity; losses reach the codebook except in the vqtorch convention
+    zq.sum().backward(retain_graph=True)
+    zg = z.grad.clone()
+    if metric == "l2":
+        assert torch.equal(zg, torch.ones_like(z))
+    z.grad = None
+    loss.backward()
+    assert (cb.grad is not None and cb.grad.abs().sum() > 0) == (convention != "vqtorch")
+
+
+def test_quantize_loss_weights():
+    z = torch.randn(50, 4)
+    e = torch.randn(50, 4)
+    m = F.mse_loss(e, z)
+    torch.testing.assert_close(vq.quantize_loss(z, e, "llamagen", 0.25)[0], 1.25 * m)
+    torch.testing.assert_close(vq.quantize_loss(z, e, "taming", 0.25)[0], 1.25 * m)
+    torch.testing.assert_close(vq.quantize_loss(z, e, "vqtorch", 1.0)[0], m)
+    zg = z.clone().requires_grad_()
+    eg = e.clone().requires_grad_()
+    vq.quantize_loss(zg, eg, "taming", 0.25)[0].backward()
+    torch.testing.assert_close(eg.grad, 0.25 * 2 * (e - z) / z.numel())  # beta on the codebook term
+    torch.testing.assert_close(zg.grad, 2 * (z - e) / z.numel())
+    with pytest.raises(ValueError, match="convention"):
+        vq.quantize_loss(z, e, "nope")
+    with pytest.raises(ValueError, match="z.shape"):
+        vq.quantize(torch.randn(3, 5), torch.randn(7, 4))
+    with pytest.raises(ValueError, match="codebook"):
+        vq.quantize(torch.randn(3, 4), torch.randn(7, 4, 1))
+
+
+def test_residual_vq_matches_reference():
+    z = torch.randn(6, 5, 8, requires_grad=True)
+    cbs = torch.randn(3, 33, 8)
+    out, idx, losses, info = vq.residual_vq(z, cbs)
+    rout, ridx, rlosses = R.residual_vq(z, list(cbs))
+    assert idx.shape == (6, 5, 3)
+    assert torch.equal(idx, ridx)
+    torch.testing.assert_close(out, rout)
+    torch.testing.assert_close(losses, rlosses)
+    # levels quantize the detached residual of the previous ones
+    resid = z.detach()
+    for lvl in range(3):
+        assert torch.equal(idx[..., lvl], R.nearest(resid, cbs[lvl]))
+        resid = resid - cbs[lvl][idx[..., lvl]]
+    torch.testing.assert_close(out.detach(), sum(cbs[l][idx[..., l]] for l in range(3)))
+    assert info["counts"].shape == (3, 33) and torch.all(info["counts"].sum(-1) == 30)
+    losses.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+# ================================================ nn modules ================================================
+
+
+def test_vector_quantizer_ema_module_forward_backward():
+    from imtok_cuda.nn.quantizers import VectorQuantizer
+
+    m = VectorQuantizer(8, 64, ema=True, dead_code_threshold=0.01)
+    old = m.embed.clone()
+    z = torch.randn(4, 16, 8, requires_grad=True)
+    zq, idx, loss, info = m(z)
+    assert zq.shape == z.shape and idx.shape == (4, 16) and loss.dim() == 0
+    assert torch.equal(idx, R.nearest(z, old))  # quantized with the old codebook
+    rcs, rea = torch.ones(64), old.clone()
+    rc, rs = R.ema_stats(z.detach().reshape(-1, 8), idx.reshape(-1), 64)
+    new = R.ema_update(rcs, rea, rc, rs, 0.8, 1e-5)
+    alive = rcs >= 0.01
+    torch.testing.assert_close(m.embed[alive], new[alive])
+    (zq.sum() + loss).backward()
+    assert z.grad is not None
+    assert info["counts"].sum() == 64 and info["perplexity"] > 1
+    m.eval()
+    before = m.embed.clone()
+    zq2, _, _, _ = m(z)
+    assert torch.equal(m.embed, before)  # no update in eval
+
+
+@pytest.mark.parametrize("metric,normalize", [("l2", False), ("l2", True), ("cosine", False)])
+def test_vector_quantizer_learned_module(metric, normalize):
+    from imtok_cuda.nn.quantizers import VectorQuantizer
+
+    m = VectorQuantizer(6, 32, metric=metric, normalize=normalize, ema=False)
+    z = torch.randn(3, 10, 6, requires_grad=True)
+    zq, idx, loss, info = m(z)
+    if metric == "cosine":
+        zr = F.normalize(z, dim=-1, eps=1e-6)
+    else:
+        zr = F.normalize(z, dim=-1) if normalize else z
+    assert torch.equal(idx, R.nearest(zr, m.codebook.detach(), metric))
+    loss.backward()
+    assert m.embed.grad is not None and m.embed.grad.abs().sum() > 0
+    m2 = VectorQuantizer(6, 32, ema=False, straight_through_eval=False).eval()
+    zq2, idx2, _, _ = m2(z)
+    assert torch.equal(zq2, m2.embed[idx2])  # exact rows in eval (vector-quantize-pytorch)
+    with pytest.raises(ValueError, match="loss_convention"):
+        VectorQuantizer(6, 32, loss_convention="bad")
+    with pytest.raises(ValueError, match="z.shape"):
+        m(torch.randn(3, 5))
+
+
+def test_vector_quantizer_latent_perturbation():
+    from imtok_cuda.nn.quantizers import VectorQuantizer
+
+    m = VectorQuantizer(4, 200, ema=False, perturbation={"alpha": 1.0, "beta": 0.5, "delta": 50})
+    z = torch.randn(8, 12, 4)
+    _, idx, _, info = m(z)
+    assert info["num_perturbed"] > 0
+    m.eval()
+    _, idx_eval, _, info_eval = m(z)
+    assert "num_perturbed" not in info_eval
+    assert torch.equal(idx_eval, R.nearest(z, m.embed.detach()))
+
+
+def test_residual_vq_module():
+    from imtok_cuda.nn.quantizers import ResidualVQ
+
+    m = ResidualVQ(8, 16, num_quantizers=3, ema=False)
+    z = torch.randn(2, 7, 8, requires_grad=True)
+    out, idx, losses, info = m(z)
+    assert idx.shape == (2, 7, 3) and losses.shape == (3,)
+    torch.testing.assert_close(out.detach(), sum(m.layers[l].embed.detach()[idx[..., l]] for l in range(3)))
+    (out.sum() + losses.sum()).backward()
+    assert z.grad is not None
+    me = ResidualVQ(8, 16, num_quantizers=2, ema=True)
+    out, idx, losses, info = me(z)
+    assert info["perplexity"].shape == (2,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fsq_module(dtype):
+    from imtok_cuda.nn.quantizers import FSQ
+
+    m = FSQ([8, 5, 5, 5])
+    z = torch.randn(2, 9, 4).to(dtype).requires_grad_()
+    out, idx, loss, info = m(z)
+    assert out.dtype == dtype and idx.dtype == torch.int32
+    assert torch.equal(idx, R.fsq(z.detach(), [8, 5, 5, 5])[1])
+    out.float().sum().backward()
+    assert z.grad is not None
+    assert int(info["counts"].sum()) == 18
+    mp = FSQ([8, 5, 5, 5], dim=12)
+    out, idx, _, _ = mp(torch.randn(3, 12))
+    assert out.shape == (3, 12)
+    torch.testing.assert_close(mp.indices_to_codes(idx), mp.project_out(vq.fsq_indices_to_codes(idx, [8, 5, 5, 5])))
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_lfq_module(spherical):
+    from imtok_cuda.nn.quantizers import LFQ
+
+    m = LFQ(10, spherical=spherical, commitment_loss_weight=0.25)
+    x = torch.randn(3, 20, 10, requires_grad=True)
+    out, idx, loss, info = m(x)
+    _, _, xu = R.lfq(x.detach(), 1.0, spherical)
+    ps, cb = R.anchor_lfq_entropy(xu, 100.0, 1.0, spherical)
+    commit = F.mse_loss(xu, R.lfq(x.detach(), 1.0, spherical)[0])
+    torch.testing.assert_close(loss, 0.1 * (ps - cb) + 0.25 * commit, rtol=2e-3, atol=2e-3)
+    loss.backward()
+    assert x.grad is not None
+    torch.testing.assert_close(m.indices_to_codes(idx), out.detach())
+    m.eval()
+    _, _, l2, _ = m(x)
+    assert l2.item() == 0.0
+
+
+def test_binary_quantizer_module():
+    from imtok_cuda.nn.quantizers import BinaryQuantizer
+
+    m = BinaryQuantizer(6, embed_dim=4)
+    z = torch.randn(5, 6, requires_grad=True)
+    out, bits, loss, info = m(z)
+    assert out.shape == (5, 4) and loss.item() > 0
+    (out.sum() + loss).backward()
+    assert z.grad is not None and m.embedding.grad is not None
+    m.eval()
+    out, bits, loss, _ = m(z)
+    assert torch.equal(bits, (z.detach() > 0).float()) and loss.item() == 0.0
+
+
+def test_modules_torch_compile():
+    from imtok_cuda.nn.quantizers import FSQ, LFQ
+
+    for m, x in ((FSQ([8, 5, 5, 5]), torch.randn(4, 4)), (LFQ(6).eval(), torch.randn(4, 6))):
+        f = torch.compile(lambda t: m(t)[:2], fullgraph=True, backend="aot_eager")
+        out, idx = f(x)
+        ro, ri = m(x)[:2]
+        assert torch.equal(idx, ri) and torch.equal(out, ro)
+    f = torch.compile(lambda i: (vq.code_counts(i, 10), vq.ema_stats(torch.ones(6, 2), i, 10)), fullgraph=True,
+                      backend="aot_eager")
+    i = torch.tensor([1, 1, 3, 9, 0, 1])
+    c, (c2, s) = f(i)
+    assert torch.equal(c, R.code_counts(i, 10)) and torch.equal(c2, c)
+
+
+# ================================================= real GPU =================================================
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+def test_cuda_kernels_match_cpu():
+    levels = [8, 8, 8, 5, 5, 5]
+    z = torch.randn(65536, 6) * 2
+    c, i = vq.fsq(z, levels)
+    cg, ig = vq.fsq(z.cuda(), levels)
+    assert torch.equal(cg.cpu(), c) and torch.equal(ig.cpu(), i)
+    g = torch.randn_like(z)
+    assert torch.equal(OPS.vq_fsq_backward(g.cuda(), z.cuda(), levels).cpu(), OPS.vq_fsq_backward(g, z, levels))
+    assert torch.equal(vq.fsq_indices_to_codes(ig, levels).cpu(), vq.fsq_indices_to_codes(i, levels))
+    x = torch.randn(65536, 8)
+    idx = torch.randint(0, 16384, (65536,))
+    idx[:5000] = 7
+    counts, sums = vq.ema_stats(x, idx, 16384)
+    cg, sg = vq.ema_stats(x.cuda(), idx.cuda(), 16384)
+    assert torch.equal(cg.cpu(), counts) and torch.equal(sg.cpu(), sums)
+    assert torch.equal(vq.code_counts(idx.cuda(), 16384).cpu(), counts)
+    q, li, _ = vq.lfq_quantize(x)
+    qg, lig, _ = vq.lfq_quantize(x.cuda())
+    assert torch.equal(qg.cpu(), q) and torch.equal(lig.cpu(), li)
+    xe = torch.randn(4096, 14) * 0.05
+    torch.testing.assert_close(vq.lfq_codebook_entropy(xe.cuda()).cpu(), vq.lfq_codebook_entropy(xe),
+                               rtol=1e-4, atol=1e-4)
