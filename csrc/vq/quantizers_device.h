@@ -49,7 +49,7 @@ inline std::tuple<at::Tensor, at::Tensor> fsq(const at::Tensor& z_in, c10::IntAr
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, z.scalar_type(), "vq_fsq_device", [&] {
     using acc_t = vqq::acc_type_t<scalar_t>;
     auto kern = fsq_forward_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(kern, dim3(unsigned(ceil_div(n, kThreads))), dim3(kThreads), 0, stream, z.data_ptr<scalar_t>(),
+    IMTOK_LAUNCH(kern, dim3(static_cast<unsigned>(ceil_div(n, kThreads))), dim3(kThreads), 0, stream, z.data_ptr<scalar_t>(),
                  codes.data_ptr<acc_t>(), indices.data_ptr<int32_t>(), n, p);
   });
   return {codes, indices};
@@ -72,7 +72,7 @@ inline at::Tensor fsq_backward(const at::Tensor& grad_in, const at::Tensor& z_in
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, z.scalar_type(), "vq_fsq_backward_device", [&] {
     using acc_t = vqq::acc_type_t<scalar_t>;
     auto kern = fsq_backward_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(kern, dim3(unsigned(ceil_div(n * p.d, kThreads))), dim3(kThreads), 0, stream,
+    IMTOK_LAUNCH(kern, dim3(static_cast<unsigned>(ceil_div(n * p.d, kThreads))), dim3(kThreads), 0, stream,
                  grad.data_ptr<acc_t>(), z.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(), n, p);
   });
   return gz;
@@ -97,7 +97,7 @@ inline at::Tensor fsq_indices_to_codes(const at::Tensor& indices_in, c10::IntArr
   at::Tensor codes = at::empty(shape, indices.options().dtype(c10::kFloat));
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "vq_fsq_indices_to_codes_device", [&] {
     auto kern = fsq_indices_to_codes_kernel<index_t>;
-    IMTOK_LAUNCH(kern, dim3(unsigned(ceil_div(n, kThreads))), dim3(kThreads), 0, stream,
+    IMTOK_LAUNCH(kern, dim3(static_cast<unsigned>(ceil_div(n, kThreads))), dim3(kThreads), 0, stream,
                  indices.data_ptr<index_t>(), codes.data_ptr<float>(), n, p);
   });
   return codes;
@@ -114,7 +114,7 @@ inline std::tuple<at::Tensor, at::Tensor> lfq(const at::Tensor& x_in, double val
   at::Tensor indices = at::empty(batch_shape(x), x.options().dtype(c10::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "vq_lfq_device", [&] {
     auto kern = lfq_forward_kernel<scalar_t>;
-    IMTOK_LAUNCH(kern, dim3(unsigned(ceil_div(n, kThreads))), dim3(kThreads), 0, stream, x.data_ptr<scalar_t>(),
+    IMTOK_LAUNCH(kern, dim3(static_cast<unsigned>(ceil_div(n, kThreads))), dim3(kThreads), 0, stream, x.data_ptr<scalar_t>(),
                  q.data_ptr<float>(), indices.data_ptr<int64_t>(), n, d, static_cast<float>(value));
   });
   return {q, indices};
@@ -131,7 +131,7 @@ inline at::Tensor code_counts(const at::Tensor& indices_in, int64_t k) {
   at::Tensor bad = at::zeros({1}, indices.options().dtype(c10::kInt));
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "vq_code_counts_device", [&] {
     auto kern = code_counts_kernel<index_t>;
-    IMTOK_LAUNCH(kern, dim3(unsigned(ceil_div(n, kThreads))), dim3(kThreads), 0, stream,
+    IMTOK_LAUNCH(kern, dim3(static_cast<unsigned>(ceil_div(n, kThreads))), dim3(kThreads), 0, stream,
                  indices.data_ptr<index_t>(), n, k,
                  reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), bad.data_ptr<int>());
   });
@@ -156,24 +156,24 @@ inline std::tuple<at::Tensor, at::Tensor> ema_stats(const at::Tensor& x_in, cons
   at::Tensor bad = at::zeros({1}, indices.options().dtype(c10::kInt));
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "vq_ema_stats_device", [&] {
     auto hist_kern = ema_chunk_hist_kernel<index_t>;
-    IMTOK_LAUNCH(hist_kern, dim3(unsigned(ceil_div(n, kThreads))), dim3(kThreads), 0, stream,
+    IMTOK_LAUNCH(hist_kern, dim3(static_cast<unsigned>(ceil_div(n, kThreads))), dim3(kThreads), 0, stream,
                  indices.data_ptr<index_t>(), n, k, kEmaChunk, hist.data_ptr<int>(), bad.data_ptr<int>());
   });
   raise_if_bad(bad, "indices must be in [0, K = ", k);
-  IMTOK_LAUNCH(ema_chunk_scan_kernel, dim3(unsigned(ceil_div(k, kThreads))), dim3(kThreads), 0, stream,
+  IMTOK_LAUNCH(ema_chunk_scan_kernel, dim3(static_cast<unsigned>(ceil_div(k, kThreads))), dim3(kThreads), 0, stream,
                hist.data_ptr<int>(), nchunks, k, counts.data_ptr<int64_t>());
   IMTOK_LAUNCH(ema_offsets_kernel, dim3(1), dim3(kScanThreads), 0, stream, counts.data_ptr<int64_t>(), k,
                offsets.data_ptr<int64_t>());
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "vq_ema_stats_device_place", [&] {
     auto place_kern = ema_place_kernel<index_t>;
-    IMTOK_LAUNCH(place_kern, dim3(unsigned(nchunks)), dim3(kEmaChunk), kEmaChunk * sizeof(int64_t), stream,
+    IMTOK_LAUNCH(place_kern, dim3(static_cast<unsigned>(nchunks)), dim3(kEmaChunk), kEmaChunk * sizeof(int64_t), stream,
                  indices.data_ptr<index_t>(), n, k, hist.data_ptr<int>(), offsets.data_ptr<int64_t>(),
                  perm.data_ptr<int64_t>());
   });
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "vq_ema_stats_device_sums", [&] {
     using acc_t = vqq::acc_type_t<scalar_t>;
     auto sum_kern = ema_segment_sum_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(sum_kern, dim3(unsigned(ceil_div(k * d, kThreads))), dim3(kThreads), 0, stream,
+    IMTOK_LAUNCH(sum_kern, dim3(static_cast<unsigned>(ceil_div(k * d, kThreads))), dim3(kThreads), 0, stream,
                  x.data_ptr<scalar_t>(), d, perm.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
                  counts.data_ptr<int64_t>(), k, sums.data_ptr<acc_t>());
   });
