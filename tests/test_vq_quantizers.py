@@ -731,3 +731,21 @@ def test_cuda_kernels_match_cpu():
     xe = torch.randn(4096, 14) * 0.05
     torch.testing.assert_close(vq.lfq_codebook_entropy(xe.cuda()).cpu(), vq.lfq_codebook_entropy(xe),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_ema_update_more_dead_codes_than_rows_and_bad_input():
+    K, D = 16, 2
+    embed = torch.randn(K, D)
+    cs, ea = torch.full((K,), 5.0), embed.clone()
+    x = torch.randn(3, D)
+    info = vq.ema_update_(embed, cs, ea, x, torch.zeros(3, dtype=torch.long), dead_threshold=4.5)
+    assert info["num_replaced"] == K - 1
+    assert ((embed[info["replaced"]][:, None, :] == x[None]).all(-1)).any(1).all()  # sampled with replacement
+    with pytest.raises(ValueError, match="decay"):
+        vq.ema_update_(embed, cs, ea, x, torch.zeros(3, dtype=torch.long), decay=1.5)
+    with pytest.raises(ValueError, match="indices"):
+        vq.ema_update_(embed, cs, ea, x, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="codebooks"):
+        vq.residual_vq(torch.randn(3, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="codebooks"):
+        vq.residual_vq(torch.randn(3, 2), [])

@@ -102,12 +102,16 @@ def ema_update_(embed: torch.Tensor, cluster_size: torch.Tensor, embed_avg: torc
     if dead_threshold > 0:
         dead = (cluster_size < dead_threshold).nonzero().flatten()
         num = int(dead.numel())
-        if num > 0 and x2.shape[0] > 0:
-            if x2.shape[0] >= num:
-                pick = torch.randperm(x2.shape[0], generator=generator, device="cpu")[:num]
+        # num is the same on every rank (cluster_size is synchronized), so every rank reaches the broadcast
+        if num > 0 and (x2.shape[0] > 0 or distributed):
+            if x2.shape[0] == 0:  # this rank has no rows: it receives rank 0's choice
+                vectors = embed.new_zeros(num, D)
             else:
-                pick = torch.randint(x2.shape[0], (num,), generator=generator, device="cpu")
-            vectors = x2[pick.to(x2.device)].to(embed.dtype)
+                if x2.shape[0] >= num:
+                    pick = torch.randperm(x2.shape[0], generator=generator, device="cpu")[:num]
+                else:
+                    pick = torch.randint(x2.shape[0], (num,), generator=generator, device="cpu")
+                vectors = x2[pick.to(x2.device)].to(embed.dtype)
             if distributed:
                 dist.broadcast(vectors, src=0)
             embed[dead] = vectors
