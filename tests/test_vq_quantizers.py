@@ -749,3 +749,37 @@ def test_ema_update_more_dead_codes_than_rows_and_bad_input():
         vq.residual_vq(torch.randn(3, 2), torch.randn(4, 2))
     with pytest.raises(ValueError, match="codebooks"):
         vq.residual_vq(torch.randn(3, 2), [])
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=25, deadline=None)
+    @given(levels=st.lists(st.integers(2, 9), min_size=1, max_size=6), n=st.integers(0, 70),
+           scale=st.floats(0.1, 8.0), seed=st.integers(0, 2**16))
+    def test_fsq_hypothesis_matches_anchor_and_emulated(levels, n, scale, seed):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, len(levels), generator=g) * scale
+        c, i = vq.fsq(z, levels)
+        ac, ai = R.anchor_fsq(z, levels)
+        assert torch.equal(c, ac) and torch.equal(i, ai)
+        if imtok_cuda.emulation_available():
+            ec, ei = torch.ops.imtok_cuda_emu.vq_fsq(z, levels)
+            assert torch.equal(ec, c) and torch.equal(ei, i)
+        assert torch.equal(vq.fsq_indices_to_codes(i, levels), c)
+
+    @settings(max_examples=20, deadline=None)
+    @given(n=st.integers(0, 200), k=st.integers(1, 50), d=st.integers(1, 5), seed=st.integers(0, 2**16))
+    def test_ema_stats_hypothesis_emulated(n, k, d, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, d, generator=g)
+        idx = torch.randint(0, k, (n,), generator=g)
+        counts, sums = vq.ema_stats(x, idx, k)
+        rc, rs = R.ema_stats(x, idx, k)
+        assert torch.equal(counts, rc)
+        torch.testing.assert_close(sums, rs)
+        if imtok_cuda.emulation_available():
+            ec, es = torch.ops.imtok_cuda_emu.vq_ema_stats(x, idx, k)
+            assert torch.equal(ec, counts) and torch.equal(es, sums)
+except ImportError:  # hypothesis is a test extra
+    pass
