@@ -174,13 +174,15 @@ class LFQ(nn.Module):
           + commitment_loss_weight * mse(x, q.detach()),
     computed in training only (0 in eval), as vector-quantize-pytorch's LFQ. Returns (quantized, indices int64,
     aux_loss, info with per_sample_entropy, codebook_entropy, counts (d <= 24) and perplexity).
-    Differences: the codebook entropy is streamed over row tiles (no N x 2^d buffer: works at 2^18 codes and
-    beyond); the per-sample entropy is the exact sum of per-bit entropies (the anchor clamps log p at 1e-5
-    inside it too; the gap is ~1e-3 relative); one codebook; no projections / soft clamp / masks."""
+    Differences: both entropy terms are computed from the per-bit factorization without the N x 2^d softmax
+    (works at 2^18 codes and beyond) and equal the anchor's (log clamp 1e-5 included) to fp32 rounding;
+    exact_entropy=True uses the unclamped per-sample entropy (sum of per-bit entropies) instead; one codebook;
+    no projections / soft clamp / masks / frac_per_sample_entropy. Above d = 24 the codebook entropy
+    (a 2^d vector) is not computed (0) and above d = 40 the per-sample entropy is the unclamped one."""
 
     def __init__(self, dim: int, entropy_loss_weight: float = 0.1, commitment_loss_weight: float = 0.0,
                  diversity_gamma: float = 1.0, codebook_scale: float = 1.0, spherical: bool = False,
-                 inv_temperature: float = 100.0, tile: int = 4096):
+                 inv_temperature: float = 100.0, tile: int = 4096, exact_entropy: bool = False):
         super().__init__()
         if not 1 <= dim <= 62:
             raise ValueError(f"dim must be in [1, 62], got {dim}")
@@ -188,6 +190,7 @@ class LFQ(nn.Module):
         self.entropy_loss_weight, self.commitment_loss_weight = entropy_loss_weight, commitment_loss_weight
         self.diversity_gamma, self.inv_temperature, self.tile = diversity_gamma, inv_temperature, tile
         self.value = vq.lfq_value(dim, codebook_scale, spherical)
+        self.exact_entropy = exact_entropy
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         mask = 2 ** torch.arange(self.dim - 1, -1, -1, device=indices.device)
@@ -202,7 +205,8 @@ class LFQ(nn.Module):
         info = {}
         zero = x.new_zeros((), dtype=torch.float32)
         if self.training:
-            ps = vq.lfq_per_sample_entropy(xu, self.inv_temperature, self.value)
+            ps = vq.lfq_per_sample_entropy(xu, self.inv_temperature, self.value,
+                                           clamp=not self.exact_entropy and self.dim <= 40, tile=self.tile)
             cb = (vq.lfq_codebook_entropy(xu, self.inv_temperature, self.value, tile=self.tile)
                   if self.dim <= 24 else zero)
             commit = F.mse_loss(xu, q.detach()) if self.commitment_loss_weight > 0 else zero
