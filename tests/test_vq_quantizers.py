@@ -791,3 +791,11 @@ try:
             assert torch.equal(ec, counts) and torch.equal(es, sums)
 except ImportError:  # hypothesis is a test extra
     pass
+
+
+def test_quantize_bf16_input_searches_in_the_codebook_precision():
+    z = torch.randn(200, 8).bfloat16()
+    cb = torch.randn(300, 8)
+    zq, idx, loss, info = vq.quantize(z, cb)
+    assert torch.equal(idx, R.nearest(z.float(), cb))
+    assert zq.dtype == torch.bfloat16

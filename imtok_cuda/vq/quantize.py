@@ -34,7 +34,8 @@ def nearest_indices(z: torch.Tensor, codebook: torch.Tensor, metric: str = "l2")
         raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
     from .nearest import nearest  # the fused search (imported lazily: vq/__init__ imports this module)
 
-    idx, _ = nearest(z.detach(), codebook.detach().to(z.dtype), metric)
+    dtype = torch.promote_types(z.dtype, codebook.dtype)  # search in the wider of the two dtypes
+    idx, _ = nearest(z.detach().to(dtype), codebook.detach().to(dtype), metric)
     return idx.reshape(z.shape[:-1])
 
 
