@@ -107,7 +107,8 @@ class _CodebookEntropy(torch.autograd.Function):
         a_scale, eps, tile = ctx.a_scale, ctx.eps, ctx.tile
         n, d = x.shape
         h = d // 2
-        dh = torch.where(avg >= eps, -(avg.clamp(min=eps).log() + 1), torch.full_like(avg, -torch.log(torch.tensor(eps)).item()))
+        # d/da of -a log(max(a, eps)): -(log a + 1) where a >= eps (torch's clamp passes the gradient there)
+        dh = torch.where(avg >= eps, -(avg.clamp(min=eps).log() + 1), torch.full_like(avg, -math.log(eps)))
         G = dh * (g / max(n, 1))
         b_hi, b_lo = _bits(h, x.device), _bits(d - h, x.device)
         dx = torch.empty_like(x)
