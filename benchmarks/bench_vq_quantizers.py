@@ -62,7 +62,7 @@ def _fsq_rows(device, quick, reps):
 
 def _lfq_rows(device, quick, reps):
     rows = []
-    cases = [(1024, 14), (1024, 18)] if quick else [(65536, 14), (16384, 18), (65536, 18)]
+    cases = [(512, 14), (256, 18)] if quick else [(65536, 14), (16384, 18), (65536, 18)]
     for N, d in cases:
         x = (torch.randn(N, d, generator=torch.Generator().manual_seed(1)) * 0.05).to(device)
         shape = f"N={N} d={d} (2^{d} codes)"
@@ -113,7 +113,7 @@ def _ema_rows(device, quick, reps):
 
 
 def run(device="cpu", quick=False):
-    reps = 3 if quick else 5
+    reps = 2 if quick else 5
     return _fsq_rows(device, quick, reps) + _lfq_rows(device, quick, reps) + _ema_rows(device, quick, reps)
 
 
