@@ -14,6 +14,12 @@ void define_schemas(torch::Library& m) {
   m.def("vq_nearest(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor distances, Tensor indices)");
   m.def("vq_nearest_topk(Tensor x, Tensor codebook, int k, str metric=\"l2\") -> (Tensor distances, Tensor indices)");
   // ---- vq: quantizers (EMA, FSQ, LFQ, binary) ---------------------------------------------------------
+  m.def("vq_fsq(Tensor z, int[] levels) -> (Tensor codes, Tensor indices)");
+  m.def("vq_fsq_backward(Tensor grad_codes, Tensor z, int[] levels) -> Tensor");
+  m.def("vq_fsq_indices_to_codes(Tensor indices, int[] levels) -> Tensor");
+  m.def("vq_lfq(Tensor x, float value=1.0) -> (Tensor quantized, Tensor indices)");
+  m.def("vq_code_counts(Tensor indices, int K) -> Tensor");
+  m.def("vq_ema_stats(Tensor x, Tensor indices, int K) -> (Tensor counts, Tensor sums)");
 
   // ---- splat ------------------------------------------------------------------------------------------
 
