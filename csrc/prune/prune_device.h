@@ -86,7 +86,7 @@ inline std::tuple<at::Tensor, at::Tensor> evit_keep_fuse_backward_device(const a
     }
     if (M > 0) {
       auto ka = prune_k::evit_backward_attn_kernel<scalar_t, acc_t>;
-      IMTOK_LAUNCH(ka, dim3(B), prune_k::kThreads, M * sizeof(int), stream, g.data_ptr<scalar_t>(),
+      IMTOK_LAUNCH(ka, static_cast<unsigned>(B), prune_k::kThreads, M * sizeof(int), stream, g.data_ptr<scalar_t>(),
                    x.data_ptr<scalar_t>(), kept.data_ptr<int64_t>(), ga.data_ptr<scalar_t>(), N, C, left,
                    fuse ? 1 : 0);
     }
@@ -108,7 +108,7 @@ inline at::Tensor topk_mask_device(const at::Tensor& scores_, int64_t k) {
     const int64_t smem = (N + ceil_div(N * int64_t(sizeof(int)), sizeof(acc_t))) * int64_t(sizeof(acc_t));
     prune_check_smem(smem, "prune_topk_mask");
     auto kern = prune_k::topk_mask_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(kern, dim3(B), prune_k::kThreads, smem, stream, scores.data_ptr<scalar_t>(), mask.data_ptr<bool>(),
+    IMTOK_LAUNCH(kern, static_cast<unsigned>(B), prune_k::kThreads, smem, stream, scores.data_ptr<scalar_t>(), mask.data_ptr<bool>(),
                  N, k);
   });
   return mask;
@@ -124,9 +124,9 @@ inline std::tuple<at::Tensor, at::Tensor> gather_packed_device(const at::Tensor&
   if (B == 0 || N == 0) return {at::empty({0, C}, x.options()), cu};
   at::Tensor counts = at::empty({B}, x.options().dtype(at::kInt));
   auto stream = IMTOK_CURRENT_STREAM();
-  IMTOK_LAUNCH(prune_k::mask_counts_kernel, dim3(B), prune_k::kThreads, 0, stream, mask.data_ptr<bool>(),
+  IMTOK_LAUNCH(prune_k::mask_counts_kernel, static_cast<unsigned>(B), prune_k::kThreads, 0, stream, mask.data_ptr<bool>(),
                counts.data_ptr<int>(), N);
-  IMTOK_LAUNCH(prune_k::cu_seqlens_kernel, dim3(1), 32, 0, stream, counts.data_ptr<int>(), cu.data_ptr<int>(), B);
+  IMTOK_LAUNCH(prune_k::cu_seqlens_kernel, 1, 32, 0, stream, counts.data_ptr<int>(), cu.data_ptr<int>(), B);
   const int64_t total = cu[B].item<int64_t>();  // the packed size decides the allocation: one sync
   at::Tensor packed = at::empty({total, C}, x.options());
   if (total == 0 || C == 0) return {packed, cu};
