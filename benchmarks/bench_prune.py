@@ -64,8 +64,8 @@ def _model_rows(device, quick, reps):
 
     rows = []
     if quick:
-        make = lambda: VisionTransformer(img_size=112, patch_size=16, embed_dim=192, depth=6, num_heads=3)  # noqa: E731
-        B, size, label, layers, num_prop = 4, 112, "ViT-Ti-ish/16 @112, 6 blocks", (1, 3), 6
+        make = lambda: VisionTransformer(img_size=128, patch_size=16, embed_dim=96, depth=4, num_heads=3)  # noqa: E731
+        B, size, label, layers, num_prop = 4, 128, "small ViT/16 @128 (65 tokens), 4 blocks, width 96", (1, 2), 8
     else:
         make = vit_base_patch16_224
         B, size, label, layers, num_prop = (64 if str(device).startswith("cuda") else 8), 224, "ViT-B/16 @224", (3, 6, 9), 8

@@ -456,6 +456,22 @@ def test_torch_compile_fullgraph():
     assert torch.equal(m, R.topk_mask(attn[:, :, 0, 1:].mean(1), 12))
 
 
+def test_torch_compile_gather_packed_dynamic_size():
+    import torch._dynamo
+
+    x = torch.randn(3, 40, 8)
+    scores = torch.rand(3, 40)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, scores):
+        return P.gather_packed(x, scores > 0.5)
+
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        p, cu = f(x, scores)
+    rp, rc = R.gather_packed(x, scores > 0.5)
+    assert torch.equal(p, rp) and torch.equal(cu, rc)
+
+
 def test_bad_input_messages():
     x = torch.randn(2, 10, 4)
     s = torch.rand(2, 9)

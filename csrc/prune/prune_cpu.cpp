@@ -6,6 +6,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/norm.h>
+#include <ATen/ops/div.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -213,45 +216,47 @@ std::tuple<at::Tensor, at::Tensor> gtp_graph_cpu(const at::Tensor& x_, c10::stri
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prune_gtp_graph_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    std::vector<acc_t> norm(use_semantic ? B * M : 0);
+    (void)xp;
+    // Semantic neighbours: unit rows (as the official x / |x|), then cosine similarities one tile of kTile rows
+    // at a time through BLAS ([kTile, M] scratch per task, never M x M), top-K per row in a sorted list.
+    constexpr int64_t kTile = 32;
+    at::Tensor xn;
     if (use_semantic) {
-      at::parallel_for(0, B * M, 16, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          const scalar_t* xr = xp + ((t / M) * N + 1 + t % M) * C;
-          acc_t s = acc_t(0);
-          for (int64_t c = 0; c < C; ++c) s += static_cast<acc_t>(xr[c]) * static_cast<acc_t>(xr[c]);
-          norm[t] = std::sqrt(s);
-        }
-      });
+      at::Tensor xi = x.narrow(1, 1, M).to(c10::CppTypeToScalarType<acc_t>::value);
+      xn = xi.div(xi.norm(2, {-1}, true)).contiguous();
     }
-    at::parallel_for(0, B * M, 4, [&](int64_t t0, int64_t t1) {
-      std::vector<acc_t> xr(C);
+    const int64_t tiles = ceil_div(M, kTile);
+    at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
       acc_t vals[32];
       int64_t idxs[32];
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / M, r = t % M;
-        int64_t* row = ip + t * Kmax;
-        int n = use_spatial ? prune::spatial_neighbors(r, side, M, row) : 0;
-        const int ns = n;
+        const int64_t b = t / tiles, r0 = (t % tiles) * kTile, rn = std::min(kTile, M - r0);
+        at::Tensor sims;
+        const acc_t* sp = nullptr;
         if (use_semantic) {
-          const scalar_t* xb = xp + (b * N + 1) * C;
-          for (int64_t c = 0; c < C; ++c) xr[c] = static_cast<acc_t>(xb[r * C + c]);
-          int nk = 0;
-          for (int64_t j = 0; j < M; ++j) {
-            if (j == r) continue;
-            const scalar_t* xj = xb + j * C;
-            acc_t d = acc_t(0);
-            for (int64_t c = 0; c < C; ++c) d += xr[c] * static_cast<acc_t>(xj[c]);
-            prune::topk_insert(vals, idxs, &nk, K, d / (norm[t] * norm[b * M + j]), j);
-          }
-          for (int k = 0; k < nk; ++k) {
-            bool dup = false;
-            for (int q = 0; q < ns; ++q) dup = dup || row[q] == idxs[k];
-            if (!dup) row[n++] = idxs[k];
-          }
+          at::Tensor xb = xn.select(0, b);
+          sims = at::mm(xb.narrow(0, r0, rn), xb.t()).contiguous();
+          sp = sims.data_ptr<acc_t>();
         }
-        deg[t] = n;
-        for (int k = n; k < Kmax; ++k) row[k] = -1;
+        for (int64_t q = 0; q < rn; ++q) {
+          const int64_t r = r0 + q;
+          int64_t* row = ip + (b * M + r) * Kmax;
+          int n = use_spatial ? prune::spatial_neighbors(r, side, M, row) : 0;
+          const int ns = n;
+          if (use_semantic) {
+            int nk = 0;
+            const acc_t* srow = sp + q * M;
+            for (int64_t j = 0; j < M; ++j)
+              if (j != r) prune::topk_insert(vals, idxs, &nk, K, srow[j], j);
+            for (int k = 0; k < nk; ++k) {
+              bool dup = false;
+              for (int u = 0; u < ns; ++u) dup = dup || row[u] == idxs[k];
+              if (!dup) row[n++] = idxs[k];
+            }
+          }
+          deg[b * M + r] = n;
+          for (int k = n; k < Kmax; ++k) row[k] = -1;
+        }
       }
     });
     scalar_t* wp = nbr_w.data_ptr<scalar_t>();
