@@ -28,6 +28,8 @@ void define_schemas(torch::Library& m) {
   // FasterVLM: top-k mask keeping spatial order; kept tokens of every row packed with cu_seqlens
   m.def("prune_topk_mask(Tensor scores, int k) -> Tensor mask");
   m.def("prune_gather_packed(Tensor x, Tensor mask) -> (Tensor packed, Tensor cu_seqlens)");
+  // CLS-row attention averaged over heads, from q and k (a per-head GEMV + softmax; no attention map)
+  m.def("prune_cls_attn(Tensor q, Tensor k, float scale) -> Tensor");
   // GTP-ViT: normalized graph over the image tokens as neighbour lists; propagation; G <- G[kept, kept]
   m.def("prune_gtp_graph(Tensor x, str graph_type=\"spatial\", int num_neighbours=8) -> (Tensor nbr_idx, Tensor nbr_w)");
   m.def("prune_gtp_propagate(Tensor x, Tensor kept_idx, Tensor prop_idx, Tensor nbr_idx, Tensor nbr_w, float alpha) -> Tensor");

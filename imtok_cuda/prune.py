@@ -8,6 +8,7 @@ included) and has a CPU and a CUDA kernel:
     gtp_propagate(x, kept, prop, graph, a)   x_kept += a * G[kept, prop] @ x_prop over the neighbour lists,
                                              G <- G[kept, kept], token_scales updated the same way
     gtp_select(attn, num_prop)               MixedAttnMax rank + argsort (plain PyTorch)
+    cls_attn(q, k, scale)                    CLS-row attention over heads from q, k (no attention map)
     topk_mask(scores, k)                     boolean mask of the k highest scores (kept tokens keep spatial order)
     gather_packed(x, mask)                   kept tokens of every row packed [total, C] + cu_seqlens int32 [B + 1]
 
@@ -23,7 +24,7 @@ from . import _loader  # noqa: F401  (loads the extension)
 __all__ = [
     "evit_left_tokens", "evit_cls_attn", "evit_keep_fuse",
     "gtp_graph", "gtp_rank", "gtp_select", "gtp_propagate", "gtp_graph_select",
-    "topk_mask", "gather_packed", "fastervlm_prune",
+    "cls_attn", "topk_mask", "gather_packed", "fastervlm_prune",
 ]
 
 _ops = torch.ops.imtok_cuda
@@ -205,6 +206,21 @@ torch.library.register_autograd("imtok_cuda::prune_gtp_propagate", _gtp_backward
 # ---------------------------------------------------------------------------------------------------------------
 # FasterVLM
 # ---------------------------------------------------------------------------------------------------------------
+def cls_attn(q, k, scale):
+    """CLS-row attention averaged over heads, from q [B, H, Nq, D] (row 0 = CLS query; Nq may be 1) and
+    k [B, H, N, D]: softmax((q_cls * scale) . k_j)[j >= 1] averaged over heads -> [B, N-1], fp32 accumulation.
+    The FasterVLM / EViT score without the [B, H, N, N] attention map (one GEMV + softmax per head)."""
+    _check_float(q, "q")
+    _check_dim(q, 4, "q")
+    _check_dim(k, 4, "k")
+    return _ops.prune_cls_attn(q, k, float(scale))
+
+
+@torch.library.register_fake("imtok_cuda::prune_cls_attn")
+def _cls_attn_fake(q, k, scale):
+    return q.new_empty(q.shape[0], k.shape[2] - 1)
+
+
 def topk_mask(scores, k):
     """Boolean mask [B, N] of the k highest scores of every row (NaN counts as largest, ties: lower index)."""
     _check_float(scores, "scores")

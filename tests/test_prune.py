@@ -277,6 +277,56 @@ def test_gather_packed_noncontiguous_and_empty(emu):
         assert p1.shape == (0, 8) and cu1.tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N", SIZES)
+def test_cls_attn_matches_reference_and_loop(dtype, N, emu):
+    B, H, D = 2, 3, 16
+    q = torch.randn(B, H, N, D, dtype=dtype)
+    k = torch.randn(B, H, N, D, dtype=dtype)
+    scale = D ** -0.5
+    ref = R.cls_attn_from_qk(q, k, scale)
+    full = R.fastervlm_scores(((q * scale) @ k.transpose(-2, -1)).softmax(-1))  # the whole attention map
+    loop = torch.zeros(B, N - 1, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            logits = [float((q[b, h, 0].double() * scale) @ k[b, h, j].double()) for j in range(N)]
+            mx = max(logits)
+            e = [math.exp(v - mx) for v in logits]
+            for j in range(1, N):
+                loop[b, j - 1] += e[j] / sum(e) / H
+    impls = [OPS, emu] if N <= 197 else [OPS]
+    for impl in impls:
+        out = impl.prune_cls_attn(q, k, scale)
+        torch.testing.assert_close(out, ref, **_tol(dtype))
+        torch.testing.assert_close(out, full, **_tol(dtype))
+        torch.testing.assert_close(out.double(), loop, **_tol(dtype))
+    torch.testing.assert_close(P.cls_attn(q[:, :, :1], k, scale), ref, **_tol(dtype))  # only the CLS query
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cls_attn_half_and_noncontiguous(dtype, emu):
+    B, H, N, D = 2, 4, 50, 32
+    qkv = torch.randn(B, N, 3, H, D).to(dtype).permute(2, 0, 3, 1, 4)  # timm layout: non-contiguous q, k
+    q, k = qkv[0], qkv[1]
+    ref = R.cls_attn_from_qk(q.float(), k.float(), D ** -0.5)
+    for impl in (OPS, emu):
+        out = impl.prune_cls_attn(q, k, D ** -0.5)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, **_tol(dtype))
+
+
+def test_cls_attn_opcheck_and_bad_input():
+    q = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    k = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    torch.library.opcheck(OPS.prune_cls_attn.default, (q, k, 0.3))
+    with pytest.raises(ValueError, match="k.shape"):
+        OPS.prune_cls_attn(q, k[:, :2], 0.3)
+    with pytest.raises(TypeError, match="k must have the same dtype|q and k"):
+        OPS.prune_cls_attn(q, k.float(), 0.3)
+    with pytest.raises(ValueError, match="q must have 4"):
+        OPS.prune_cls_attn(q[0], k, 0.3)
+
+
 def test_fastervlm_prune_keeps_spatial_order():
     B, N, C, k = 2, 576, 16, 144
     feats = torch.randn(B, N, C)

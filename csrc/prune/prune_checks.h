@@ -163,6 +163,19 @@ inline void check_gtp_graph_select_inputs(const at::Tensor& nbr_idx, const at::T
   check_size(kept, 0, nbr_idx.size(0), "kept_idx");
 }
 
+inline void check_cls_attn_inputs(const at::Tensor& q, const at::Tensor& k) {
+  check_floating(q, "q");
+  check_dim(q, 4, "q");
+  check_dim(k, 4, "k");
+  check_same_dtype(q, "q", k, "k");
+  check_same_device(q, "q", k, "k");
+  check_size(k, 0, q.size(0), "k");
+  check_size(k, 1, q.size(1), "k");
+  check_size(k, 3, q.size(3), "k");
+  TORCH_CHECK_VALUE(q.size(2) >= 1, "q must hold the CLS query (q.shape[2] >= 1), got shape ", q.sizes());
+  TORCH_CHECK_VALUE(k.size(2) >= 1, "k must hold at least the CLS key (k.shape[2] >= 1), got shape ", k.sizes());
+}
+
 // Value checks (CPU only: reading device memory would sync): indices in [lo, hi).
 inline void check_index_range_cpu(const at::Tensor& t, int64_t lo, int64_t hi, const char* name) {
   const at::Tensor c = t.contiguous();

@@ -423,6 +423,52 @@ std::tuple<at::Tensor, at::Tensor> gtp_graph_select_cpu(const at::Tensor& nbr_id
   return {oi, ow};
 }
 
+at::Tensor cls_attn_cpu(const at::Tensor& q_, const at::Tensor& k_, double scale) {
+  prune::check_cls_attn_inputs(q_, k_);
+  check_device_type(q_, c10::DeviceType::CPU, "q");
+  const at::Tensor q = q_.contiguous(), k = k_.contiguous();
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), N = k.size(2), M = N - 1;
+  at::Tensor out = at::empty({B, M}, q.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "prune_cls_attn_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* kp = k.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    std::vector<acc_t> probs(B * H * M);
+    const acc_t sc = static_cast<acc_t>(scale);
+    at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc_t> q0(D), logit(N);
+      for (int64_t t = t0; t < t1; ++t) {
+        const scalar_t* qb = qp + t * Nq * D;
+        const scalar_t* kb = kp + t * N * D;
+        for (int64_t d = 0; d < D; ++d) q0[d] = static_cast<acc_t>(qb[d]) * sc;
+        acc_t m = acc_t(0);
+        for (int64_t j = 0; j < N; ++j) {
+          acc_t s = acc_t(0);
+          for (int64_t d = 0; d < D; ++d) s += q0[d] * static_cast<acc_t>(kb[j * D + d]);
+          logit[j] = s;
+          m = j == 0 ? s : std::max(m, s);
+        }
+        acc_t total = acc_t(0);
+        for (int64_t j = 0; j < N; ++j) {
+          logit[j] = std::exp(logit[j] - m);
+          total += logit[j];
+        }
+        for (int64_t j = 1; j < N; ++j) probs[t * M + j - 1] = logit[j] / total;
+      }
+    });
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t j = 0; j < M; ++j) {
+          acc_t s = acc_t(0);
+          for (int64_t h = 0; h < H; ++h) s += probs[(b * H + h) * M + j];
+          op[b * M + j] = static_cast<scalar_t>(s / static_cast<acc_t>(H));
+        }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace imtok
 
@@ -435,4 +481,5 @@ TORCH_LIBRARY_IMPL(imtok_cuda, CPU, m) {
   m.impl("prune_gtp_propagate", &imtok::gtp_propagate_cpu);
   m.impl("prune_gtp_propagate_backward", &imtok::gtp_propagate_backward_cpu);
   m.impl("prune_gtp_graph_select", &imtok::gtp_graph_select_cpu);
+  m.impl("prune_cls_attn", &imtok::cls_attn_cpu);
 }

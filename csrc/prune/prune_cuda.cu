@@ -12,4 +12,5 @@ TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) {
   m.impl("prune_gtp_propagate", &imtok::cuda_impl::gtp_propagate_device);
   m.impl("prune_gtp_propagate_backward", &imtok::cuda_impl::gtp_propagate_backward_device);
   m.impl("prune_gtp_graph_select", &imtok::cuda_impl::gtp_graph_select_device);
+  m.impl("prune_cls_attn", &imtok::cuda_impl::cls_attn_device);
 }

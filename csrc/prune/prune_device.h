@@ -9,6 +9,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
 
@@ -250,6 +251,31 @@ inline std::tuple<at::Tensor, at::Tensor> gtp_graph_select_device(const at::Tens
                  oi.data_ptr<int64_t>(), ow.data_ptr<scalar_t>(), M, Nk, K);
   });
   return {oi, ow};
+}
+
+inline at::Tensor cls_attn_device(const at::Tensor& q_, const at::Tensor& k_, double scale) {
+  prune::check_cls_attn_inputs(q_, k_);
+  check_device_type(q_, kPruneDevice, "q");
+  IMTOK_DEVICE_GUARD(q_);
+  const at::Tensor q = q_.contiguous(), k = k_.contiguous();
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), N = k.size(2), M = N - 1;
+  at::Tensor out = at::empty({B, M}, q.options());
+  if (B == 0 || M == 0) return out;
+  if (H == 0) return out.fill_(std::nan(""));  // a mean over no heads
+  auto stream = IMTOK_CURRENT_STREAM();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "prune_cls_attn", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t smem = (D + N) * int64_t(sizeof(acc_t));
+    prune_check_smem(smem, "prune_cls_attn");
+    at::Tensor probs = at::empty({B, H, M}, q.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    auto kp = prune_k::cls_attn_probs_kernel<scalar_t, acc_t>;
+    IMTOK_LAUNCH(kp, dim3(B, H), prune_k::kThreads, smem, stream, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                 probs.data_ptr<acc_t>(), H, Nq, N, D, static_cast<acc_t>(scale));
+    auto km = prune_k::cls_attn_mean_kernel<scalar_t, acc_t>;
+    IMTOK_LAUNCH(km, dim3(B, ceil_div(M, prune_k::kThreads)), prune_k::kThreads, 0, stream, probs.data_ptr<acc_t>(),
+                 out.data_ptr<scalar_t>(), H, M);
+  });
+  return out;
 }
 
 }  // namespace IMTOK_DEVICE_NS

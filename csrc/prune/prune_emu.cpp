@@ -12,4 +12,5 @@ TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) {
   m.impl("prune_gtp_propagate", &imtok::emu_impl::gtp_propagate_device);
   m.impl("prune_gtp_propagate_backward", &imtok::emu_impl::gtp_propagate_backward_device);
   m.impl("prune_gtp_graph_select", &imtok::emu_impl::gtp_graph_select_device);
+  m.impl("prune_cls_attn", &imtok::emu_impl::cls_attn_device);
 }

@@ -221,6 +221,63 @@ __global__ void gather_packed_kernel(const scalar_t* __restrict__ x, const bool*
   }
 }
 
+// CLS-row attention without the attention map: p[b, h, j - 1] = softmax_j((scale * q[b, h, 0]) . k[b, h, j]) for
+// j >= 1. grid (B, H); smem: q0[D], logit[N] (acc_t). Then cls_attn_mean_kernel averages the heads in order.
+template <typename scalar_t, typename acc_t>
+__global__ void cls_attn_probs_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                      acc_t* __restrict__ probs, int64_t H, int64_t Nq, int64_t N, int64_t D,
+                                      acc_t scale) {
+  IMTOK_DYNAMIC_SHARED(acc_t, q0);
+  auto logit = q0 + D;
+  IMTOK_SHARED_ARRAY(acc_t, red, kThreads);
+  const int64_t b = blockIdx.x, h = blockIdx.y;
+  const scalar_t* qb = q + (b * H + h) * Nq * D;
+  const scalar_t* kb = k + (b * H + h) * N * D;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) q0[d] = static_cast<acc_t>(qb[d]) * scale;
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
+    acc_t s = acc_t(0);
+    for (int64_t d = 0; d < D; ++d) s += q0[d] * static_cast<acc_t>(kb[j * D + d]);
+    logit[j] = s;
+  }
+  __syncthreads();
+  acc_t m = logit[0];
+  for (int64_t j = threadIdx.x; j < N; j += blockDim.x) m = imtok_max<acc_t>(m, logit[j]);
+  red[threadIdx.x] = m;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) red[threadIdx.x] = imtok_max<acc_t>(red[threadIdx.x], red[threadIdx.x + s]);
+    __syncthreads();
+  }
+  m = red[0];
+  __syncthreads();
+  acc_t sum = acc_t(0);
+  for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
+    const acc_t e = imtok_exp(logit[j] - m);
+    logit[j] = e;
+    sum += e;
+  }
+  red[threadIdx.x] = sum;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  const acc_t total = red[0];
+  for (int64_t j = 1 + threadIdx.x; j < N; j += blockDim.x) probs[(b * H + h) * (N - 1) + j - 1] = logit[j] / total;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void cls_attn_mean_kernel(const acc_t* __restrict__ probs, scalar_t* __restrict__ out, int64_t H,
+                                     int64_t M) {
+  const int64_t b = blockIdx.x;
+  for (int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; j < M; j += int64_t(gridDim.y) * blockDim.x) {
+    acc_t s = acc_t(0);
+    for (int64_t h = 0; h < H; ++h) s += probs[(b * H + h) * M + j];
+    out[b * M + j] = static_cast<scalar_t>(s / static_cast<acc_t>(H));
+  }
+}
+
 // ---- GTP-ViT -------------------------------------------------------------------------------------------
 // Semantic neighbours: one warp per image token r (M = N - 1 of them): cosine with every other image token,
 // the warp reduces each dot product, lane 0 keeps a sorted top-K. grid (B, ceil(M / warps)).

@@ -26,7 +26,7 @@ __all__ = [
     "complement_idx", "evit_left_tokens", "evit_cls_attn", "evit_keep_fuse",
     "gtp_spatial_graph", "gtp_semantic_graph", "gtp_normalize", "gtp_build_graph", "gtp_rank", "gtp_select",
     "gtp_propagate", "dense_to_neighbors", "neighbors_to_dense",
-    "fastervlm_scores", "topk_mask", "gather_packed", "fastervlm_prune",
+    "fastervlm_scores", "cls_attn_from_qk", "topk_mask", "gather_packed", "fastervlm_prune",
 ]
 
 
@@ -218,6 +218,14 @@ def neighbors_to_dense(nbr_idx, nbr_w, num_cols=None):
 def fastervlm_scores(attn):
     """attn [B, H, 1 + N, 1 + N] of the vision encoder's penultimate layer -> CLS-row attention to the N image
     tokens averaged over heads [B, N]."""
+    return attn[:, :, 0, 1:].mean(dim=1)
+
+
+def cls_attn_from_qk(q, k, scale):
+    """CLS-row attention averaged over heads from queries/keys [B, H, N, D] (q may hold only the CLS row):
+    softmax((q_cls * scale) @ k^T)[:, :, 0, 1:].mean(heads) -> [B, N-1]; equals fastervlm_scores(attn) of the full
+    attention map (what output_attentions=True returns) without forming it."""
+    attn = ((q[:, :, :1] * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
     return attn[:, :, 0, 1:].mean(dim=1)
 
 
