@@ -6,6 +6,7 @@ Rows:
                           reference = dense G gathers + bmm (models_v3.propagate), fused = neighbour lists
   GTP graph (semantic)    top-8 cosine graph at N=197, C=384: fused top-K vs the dense similarity + kthvalue
   FasterVLM mask+gather   N=576 CLIP-L tokens, C=1024, keep 144 (75 % pruned), B=16
+  FasterVLM scores        CLS-row attention from q, k (16 heads, 577 tokens) vs the full attention map
   ViT throughput          full mode only: ViT-B/16 (random weights), EViT 0.7 @ (3, 6, 9) and GTP vs unpruned
 Quick mode uses smaller batches and a small ViT so that it finishes in well under a minute on a CPU.
 """
@@ -55,6 +56,14 @@ def _op_rows(device, quick, reps):
                         f"CLIP-L/336: B={B2} N={N2} C={C2} k={k}", device,
                         lambda: prune.fastervlm_prune(feats, scores, k, packed=True),
                         lambda: ref.fastervlm_prune(feats, scores, k), reps=reps))
+    H, D = 16, 64
+    q = torch.randn(B2, H, N2 + 1, D, generator=g).to(device)
+    kk = torch.randn(B2, H, N2 + 1, D, generator=g).to(device)
+    rows.append(compare("prune", "cls_attn (CLS-row GEMV+softmax) vs full attention map",
+                        f"CLIP-L/336 layer: B={B2} H={H} N={N2 + 1} D={D}", device,
+                        lambda: prune.cls_attn(q, kk, D ** -0.5),
+                        lambda: ref.fastervlm_scores(((q * D ** -0.5) @ kk.transpose(-2, -1)).softmax(-1)),
+                        reps=reps))
     return rows
 
 
