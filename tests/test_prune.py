@@ -692,3 +692,6 @@ def test_cuda_matches_cpu(dtype):
     p, cu = OPS.prune_gather_packed(f.cuda(), m.cuda())
     rp, rc = OPS.prune_gather_packed(f, m)
     assert torch.equal(p.cpu(), rp) and torch.equal(cu.cpu(), rc)
+    q, k = torch.randn(2, B, 16, 577, 64).to(dtype).unbind(0)
+    torch.testing.assert_close(OPS.prune_cls_attn(q.cuda(), k.cuda(), 0.125).cpu(), OPS.prune_cls_attn(q, k, 0.125),
+                               **_tol(dtype))
