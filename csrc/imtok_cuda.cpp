@@ -28,6 +28,19 @@ void define_schemas(torch::Library& m) {
   // ---- merge ------------------------------------------------------------------------------------------
 
   // ---- prune ------------------------------------------------------------------------------------------
+  // EViT: [cls, top-left tokens by CLS attention (descending), fused = sum of the rest weighted by their score]
+  m.def("prune_evit_keep_fuse(Tensor x, Tensor cls_attn, int left, bool fuse=True) -> (Tensor out, Tensor kept_idx)");
+  m.def("prune_evit_keep_fuse_backward(Tensor grad_out, Tensor x, Tensor cls_attn, Tensor kept_idx, bool fuse) -> (Tensor grad_x, Tensor grad_cls_attn)");
+  // FasterVLM: top-k mask keeping spatial order; kept tokens of every row packed with cu_seqlens
+  m.def("prune_topk_mask(Tensor scores, int k) -> Tensor mask");
+  m.def("prune_gather_packed(Tensor x, Tensor mask) -> (Tensor packed, Tensor cu_seqlens)");
+  // CLS-row attention averaged over heads, from q and k (a per-head GEMV + softmax; no attention map)
+  m.def("prune_cls_attn(Tensor q, Tensor k, float scale) -> Tensor");
+  // GTP-ViT: normalized graph over the image tokens as neighbour lists; propagation; G <- G[kept, kept]
+  m.def("prune_gtp_graph(Tensor x, str graph_type=\"spatial\", int num_neighbours=8) -> (Tensor nbr_idx, Tensor nbr_w)");
+  m.def("prune_gtp_propagate(Tensor x, Tensor kept_idx, Tensor prop_idx, Tensor nbr_idx, Tensor nbr_w, float alpha) -> Tensor");
+  m.def("prune_gtp_propagate_backward(Tensor grad_out, Tensor kept_idx, Tensor prop_idx, Tensor nbr_idx, Tensor nbr_w, float alpha, int num_tokens) -> Tensor");
+  m.def("prune_gtp_graph_select(Tensor nbr_idx, Tensor nbr_w, Tensor kept_idx) -> (Tensor nbr_idx, Tensor nbr_w)");
 
   // ---- attention --------------------------------------------------------------------------------------
   // Softmax attention with key bias / key keep-mask / causal (bottom-right) / packed sequences (cu_seqlens) and
