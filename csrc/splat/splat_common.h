@@ -18,8 +18,8 @@ inline std::tuple<at::Tensor, at::Tensor> normalize_grad(const at::Tensor& grad,
                                                          const at::Tensor& wsum) {
   const at::Tensor w = wsum.unsqueeze(1);
   const at::Tensor nz = w.ne(0);
-  const at::Tensor gp = at::where(nz, grad / at::where(nz, w, 1.0), 0.0).contiguous();
-  const at::Tensor k = (gp * out).sum(1).contiguous();
+  const at::Tensor gp = at::where(nz, grad.div(at::where(nz, w, 1.0)), 0.0).contiguous();
+  const at::Tensor k = gp.mul(out).sum(1).contiguous();
   return {gp, k};
 }
 
