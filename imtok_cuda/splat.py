@@ -20,7 +20,7 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the compiled ops)
 
-__all__ = ["render", "entropy_partition"]
+__all__ = ["render", "entropy_partition", "region_complexity"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -144,3 +144,99 @@ def _register(ns):
 _register("imtok_cuda")
 if hasattr(torch.ops, "imtok_cuda_emu") and hasattr(torch.ops.imtok_cuda_emu, "splat_render"):
     _register("imtok_cuda_emu")
+
+
+# ---- entropy-driven initial partition (GPSToken) ------------------------------------------------------------
+def region_complexity(grey, weight=2.5):
+    """GPSToken's complexity of a grey region [h, w] with values in [0, 1]: H^weight * h * w.
+
+    H is the Shannon entropy (log2) of a 512-bin histogram over [-5.5, 5.5] of the Sobel gradient magnitude
+    (3x3, replicated border) of the region resized bilinearly (half-pixel centres) to 64 x 64; the histogram is
+    normalised by (count + 1e-5) and H = -sum p log2(p + 1e-10), as the GPSToken data pipeline does.
+    """
+    h, w = grey.shape
+    x = torch.nn.functional.interpolate(grey.double()[None, None], size=(64, 64), mode="bilinear",
+                                        align_corners=False)
+    x = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")[0, 0]  # [66, 66]
+    # 3x3 Sobel as shifted slices (cheap and single-threaded at this size, unlike a conv2d call)
+    sm_y = x[:-2] + 2 * x[1:-1] + x[2:]  # [64, 66] smoothing along y
+    sm_x = x[:, :-2] + 2 * x[:, 1:-1] + x[:, 2:]  # [66, 64] smoothing along x
+    gx = sm_y[:, 2:] - sm_y[:, :-2]
+    gy = sm_x[2:] - sm_x[:-2]
+    mag = (gx * gx + gy * gy).sqrt().flatten()
+    lo, hi, bins = -5.5, 5.5, 512
+    mag = mag[(mag >= lo) & (mag <= hi)]
+    idx = ((mag - lo) * (bins / (hi - lo))).floor().long().clamp_(max=bins - 1)
+    hist = torch.bincount(idx, minlength=bins).double()
+    p = hist / (hist.sum() + 1e-5)
+    ent = -(p * torch.log2(p + 1e-10)).sum()
+    return float(ent) ** weight * h * w
+
+
+def _partition_one(grey, n_tokens, minhw, weight):
+    Hh, Ww = grey.shape
+
+    def score(h0, h1, w0, w1):
+        return region_complexity(grey[h0:h1 + 1, w0:w1 + 1], weight)
+
+    regions = [(score(0, Hh - 1, 0, Ww - 1), 0, Hh - 1, 0, Ww - 1)]  # (complexity, h0, h1, w0, w1), inclusive
+    while len(regions) < n_tokens:
+        regions = sorted(regions, key=lambda r: r[0], reverse=True)  # stable: ties keep their order
+        pick = next((k for k, r in enumerate(regions) if r[2] - r[1] > minhw or r[4] - r[3] > minhw), None)
+        if pick is None:
+            raise ValueError("entropy_partition: cannot split a {}x{} image into {} regions with minhw={} "
+                             "(stopped at {})".format(Hh, Ww, n_tokens, minhw, len(regions)))
+        _, h0, h1, w0, w1 = regions.pop(pick)
+        h, w = h1 - h0 + 1, w1 - w0 + 1
+        xs = ys = None
+        if w > minhw and w >= h:  # split the columns in halves
+            m = w0 + w // 2
+            xs = [(score(h0, h1, w0, m - 1), h0, h1, w0, m - 1), (score(h0, h1, m, w1), h0, h1, m, w1)]
+        if h > minhw and h >= w:  # split the rows in halves
+            m = h0 + h // 2
+            ys = [(score(h0, m - 1, w0, w1), h0, m - 1, w0, w1), (score(m, h1, w0, w1), m, h1, w0, w1)]
+        if w > h:
+            regions += xs
+        elif w < h:
+            regions += ys
+        elif min(r[0] for r in xs) < min(r[0] for r in ys):  # square: the split with the simpler child
+            regions += xs
+        else:
+            regions += ys
+    geo = []
+    for _, h0, h1, w0, w1 in regions:
+        sx = max((w1 - w0) / Ww * 2.0 / 3.0, 1e-5)
+        sy = max((h1 - h0) / Hh * 2.0 / 3.0, 1e-5)
+        mx = ((w1 + w0) / 2.0 / max(Ww - 1, 1) - 0.5) * 2.0
+        my = ((h1 + h0) / 2.0 / max(Hh - 1, 1) - 0.5) * 2.0
+        geo.append((sx, sy, 0.0, mx, my))
+    return geo
+
+
+def entropy_partition(images, n_tokens, minhw=8, weight=2.5):
+    """GPSToken's entropy-driven initial Gaussians: images [B, 3 or 1, H, W] in [-1, 1] -> geometry [B, n, 5].
+
+    Greedy binary split of the (grey: 0.299 R + 0.587 G + 0.114 B) image: repeatedly take the most complex region
+    (``region_complexity``, complexity^weight * area; ties keep their order: a stable sort) that can still be split
+    (a side spans more than ``minhw`` pixels, i.e. has at least minhw + 2 pixels) and halve it along its longer
+    side (first half = floor(side / 2) pixels); a square takes the split whose simpler child is simpler (rows on a
+    tie). Each region [h0..h1] x [w0..w1] (inclusive) becomes sigma_x = (w1 - w0) / W * 2/3,
+    sigma_y = (h1 - h0) / H * 2/3 (at least 1e-5), rho = 0, mu = the region centre on the align_corners grid.
+    Tokens come in the order of the final region list. A one-off PyTorch initialisation (not a fused op); GPSToken
+    applies it per 256 x 256 crop. Raises ValueError when the image cannot be split into n_tokens regions.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError("images must have shape [B, 3, H, W] or [B, 1, H, W], got {}".format(
+            tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__))
+    if not images.is_floating_point():
+        raise TypeError("images must be a floating-point tensor, got {}".format(images.dtype))
+    if int(n_tokens) < 1:
+        raise ValueError("n_tokens must be >= 1, got {}".format(n_tokens))
+    x = images.detach().double()
+    if x.shape[1] == 3:
+        grey = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    else:
+        grey = x[:, 0]
+    grey = (grey + 1.0) / 2.0
+    out = [_partition_one(grey[b], int(n_tokens), int(minhw), float(weight)) for b in range(x.shape[0])]
+    return torch.tensor(out, dtype=torch.float32, device=images.device).view(x.shape[0], int(n_tokens), 5)
