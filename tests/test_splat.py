@@ -415,3 +415,98 @@ def test_cuda_gradients_bitwise_repeatable():
         res.append((gg.grad, ff.grad))
     for a, b in res[1:]:
         assert torch.equal(a, res[0][0]) and torch.equal(b, res[0][1])
+
+
+# ---- entropy-driven initial partition -----------------------------------------------------------------------
+def _regions(geo, H, W):
+    """Recover the inclusive pixel boxes from the partition's geometry."""
+    out = []
+    for sx, sy, rho, mx, my in geo.tolist():
+        assert rho == 0.0
+        w = round(sx * W * 1.5) + 1
+        h = round(sy * H * 1.5) + 1
+        cx = (mx / 2 + 0.5) * (W - 1)
+        cy = (my / 2 + 0.5) * (H - 1)
+        out.append((round(cy - (h - 1) / 2), h, round(cx - (w - 1) / 2), w))
+    return out
+
+
+def test_entropy_partition_flat_image_is_deterministic_quadrants():
+    img = torch.zeros(2, 3, 64, 64)
+    geo = splat.entropy_partition(img, 4)
+    assert geo.shape == (2, 4, 5) and geo.dtype == torch.float32
+    s = 31 / 64 * 2 / 3
+    c = (15.5 / 63 - 0.5) * 2
+    # square -> rows split on the tie, then the top (first in the stable order) splits into columns, then the bottom
+    exp = torch.tensor([[s, s, 0, c, c], [s, s, 0, -c, c], [s, s, 0, c, -c], [s, s, 0, -c, -c]])
+    torch.testing.assert_close(geo[0], exp)
+    assert torch.equal(geo[0], geo[1])
+    assert torch.equal(splat.entropy_partition(img[:1], 7), splat.entropy_partition(img[:1], 7))
+
+
+def test_entropy_partition_min_side_and_tiling():
+    img = torch.rand(1, 1, 16, 16) * 2 - 1
+    geo = splat.entropy_partition(img, 4)
+    assert sorted(_regions(geo[0], 16, 16)) == [(0, 8, 0, 8), (0, 8, 8, 8), (8, 8, 0, 8), (8, 8, 8, 8)]
+    with pytest.raises(ValueError, match="minhw"):
+        splat.entropy_partition(img, 5)  # 8 x 8 regions span 7 <= minhw pixels: no further split
+    img = torch.rand(1, 3, 40, 56) * 2 - 1
+    regions = _regions(splat.entropy_partition(img, 12)[0], 40, 56)
+    assert sum(h * w for _, h, _, w in regions) == 40 * 56
+    cover = torch.zeros(40, 56, dtype=torch.int32)
+    for y0, h, x0, w in regions:
+        cover[y0:y0 + h, x0:x0 + w] += 1
+        assert h >= 4 and w >= 4
+    assert (cover == 1).all()
+
+
+def test_entropy_partition_follows_texture():
+    img = torch.zeros(1, 1, 64, 64)
+    img[..., 32:, :32] = torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    geo = splat.entropy_partition(img, 10)[0]
+    in_texture = ((geo[:, 3] < 0) & (geo[:, 4] > 0)).sum().item()  # bottom-left quadrant: x < 0, y > 0
+    assert in_texture >= 6
+    assert splat.region_complexity(img[0, 0, 32:, :32]) > 1e3 * splat.region_complexity(img[0, 0, :32, 32:])
+
+
+def test_entropy_partition_bad_input():
+    with pytest.raises(ValueError, match="images"):
+        splat.entropy_partition(torch.zeros(1, 2, 16, 16), 4)
+    with pytest.raises(ValueError, match="n_tokens"):
+        splat.entropy_partition(torch.zeros(1, 3, 16, 16), 0)
+
+
+# ---- nn module and GPSToken interface -----------------------------------------------------------------------
+def test_geometry_from_logits_domain_and_inverse():
+    from imtok_cuda.nn.splat import geometry_from_logits, logits_from_geometry
+    raw = torch.randn(3, 7, 5, dtype=torch.float64) * 4
+    raw[0, 0] = torch.tensor([-100.0, 100.0, 100.0, -100.0, 100.0])
+    geo = geometry_from_logits(raw)
+    assert (geo[..., :2] >= 1e-5).all() and (geo[..., :2] <= 0.99999).all()
+    assert (geo[..., 2:].abs() <= 0.99999).all()
+    torch.testing.assert_close(geo[0, 0], torch.tensor([1e-5, 0.99999, 0.99999, -0.99999, 0.99999],
+                                                       dtype=torch.float64))
+    torch.testing.assert_close(geometry_from_logits(logits_from_geometry(geo[1:])), geo[1:])
+    torch.testing.assert_close(geo[1:, :, :2], torch.sigmoid(raw[1:, :, :2]).clamp(1e-5, 0.99999))
+    torch.testing.assert_close(geo[1:, :, 2:], (2 * torch.sigmoid(raw[1:, :, 2:]) - 1).clamp(-0.99999, 0.99999))
+
+
+def test_renderer_module():
+    from imtok_cuda.nn.splat import GaussianSplatRenderer, geometry_from_logits
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    geo = splat.entropy_partition(img, 8)
+    tex = torch.randn(2, 8, 6)
+    m = GaussianSplatRenderer((24, 20), box_sigma=3.0)
+    out = m(geo, tex)
+    assert out.shape == (2, 6, 24, 20)
+    torch.testing.assert_close(out, ref.render(geo, tex, (24, 20)), rtol=1e-5, atol=1e-5)
+    assert torch.equal(m(torch.cat([geo, tex], -1)), out)
+    lengths = torch.tensor([8, 3])
+    mn = GaussianSplatRenderer(16, box_sigma=None, normalize=True)
+    torch.testing.assert_close(mn(geo, tex, lengths=lengths), ref.render(geo, tex, (16, 16), None, lengths, True),
+                               rtol=1e-5, atol=1e-5)
+    raw = torch.randn(2, 8, 5, requires_grad=True)
+    t = tex.clone().requires_grad_()
+    m(geometry_from_logits(raw), t).square().mean().backward()
+    assert raw.grad.abs().sum() > 0 and t.grad.abs().sum() > 0
+    assert "box_sigma=3.0" in repr(m)

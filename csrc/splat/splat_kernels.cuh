@@ -29,9 +29,6 @@ constexpr int kGroup = 64;               // kept tokens whose features are stage
 constexpr int kBwdThreads = 128;         // backward block
 constexpr int kBwdWarps = kBwdThreads / 32;
 
-IMTOK_HD float dexp(float x) { return expf(x); }
-IMTOK_HD double dexp(double x) { return exp(x); }
-
 IMTOK_HD int64_t valid_tokens(const int64_t* lengths, int b, int N) {
   if (lengths == nullptr) return N;
   const int64_t l = lengths[b];
@@ -111,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
           const Token<acc_t> t = s_tok[k0 + k];
           const acc_t dx = x - t.mux, dy = y - t.muy;
           if (imtok::splat::within(dx, t.rx) && imtok::splat::within(dy, t.ry)) {
-            const acc_t v = dexp(t.w1 * imtok::splat::quad(t, dx, dy));
+            const acc_t v = imtok::imtok_exp(t.w1 * imtok::splat::quad(t, dx, dy));
             wacc += v;
 #pragma unroll
             for (int c = 0; c < CMAX; ++c)
@@ -183,7 +180,7 @@ __global__ void __launch_bounds__(kBwdThreads)
     const acc_t dy = imtok::splat::coord<acc_t>(i, H) - t.muy;
     if (!(imtok::splat::within(dx, t.rx) && imtok::splat::within(dy, t.ry))) continue;
     const acc_t q = imtok::splat::quad(t, dx, dy);
-    const acc_t v = dexp(t.w1 * q);
+    const acc_t v = imtok::imtok_exp(t.w1 * q);
     const acc_t* gpix = gp + int64_t(b) * C * HW + i * W + j;
     acc_t gs = kmap != nullptr ? -kmap[int64_t(b) * HW + i * W + j] : acc_t(0);
     for (int c = 0; c < C; ++c) gs += gpix[c * HW] * s_f[c];
