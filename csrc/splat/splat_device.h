@@ -102,6 +102,10 @@ inline std::tuple<at::Tensor, at::Tensor> render_backward(const at::Tensor& grad
   at::Tensor df = at::empty({B, N, C}, f.options());
   const int cmax = channel_block(C);
   const int64_t nchunks = C > 0 ? ceil_div(C, cmax) : 1;
+  TORCH_CHECK_VALUE(C * static_cast<int64_t>(imtok::splat::acc_type(f.scalar_type()) == c10::kDouble ? 8 : 4) <=
+                        40 * 1024,
+                    "features: the device backward stages a token's C features in shared memory; C=", C,
+                    " is too large (at most 5120 for float64, 10240 otherwise)");
   TORCH_CHECK_VALUE(B <= 65535, "splat_render_backward: B must be <= 65535, got ", B);
   TORCH_CHECK_VALUE(N < (int64_t(1) << 31), "geometry: too many tokens (", N, ")");
   const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(B), static_cast<unsigned>(nchunks));
