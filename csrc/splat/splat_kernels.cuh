@@ -42,7 +42,16 @@ __global__ void __launch_bounds__(kThreads)
     splat_forward_kernel(const scalar_t* __restrict__ geom, const scalar_t* __restrict__ feat,
                          const int64_t* __restrict__ lengths, scalar_t* __restrict__ out, acc_t* __restrict__ wsum,
                          int N, int C, int H, int W, acc_t s, bool normalize, int nchunks) {
-  IMTOK_SHARED_ARRAY(Token<acc_t>, s_tok, kChunk);
+  // the kept tokens' constants, structure of arrays (in emulation every element is race-checked)
+  IMTOK_SHARED_ARRAY(acc_t, s_mux, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_muy, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_rx, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_ry, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_rho, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_w1, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_w2, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_w3, kChunk);
+  IMTOK_SHARED_ARRAY(acc_t, s_w4, kChunk);
   IMTOK_SHARED_ARRAY(int, s_idx, kChunk);
   IMTOK_SHARED_ARRAY(int, s_wcount, kWarps);
   IMTOK_SHARED_ARRAY(acc_t, s_f, kGroup * CMAX);
@@ -92,7 +101,15 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (keep) {
       const int pos = off + __popc(ballot & ((1u << lane) - 1u));
-      s_tok[pos] = tk;
+      s_mux[pos] = tk.mux;
+      s_muy[pos] = tk.muy;
+      s_rx[pos] = tk.rx;
+      s_ry[pos] = tk.ry;
+      s_rho[pos] = tk.rho;
+      s_w1[pos] = tk.w1;
+      s_w2[pos] = tk.w2;
+      s_w3[pos] = tk.w3;
+      s_w4[pos] = tk.w4;
       s_idx[pos] = static_cast<int>(n);
     }
     __syncthreads();
@@ -105,9 +122,16 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       if (active) {
         for (int k = 0; k < kn; ++k) {
-          const Token<acc_t> t = s_tok[k0 + k];
-          const acc_t dx = x - t.mux, dy = y - t.muy;
-          if (imtok::splat::within(dx, t.rx) && imtok::splat::within(dy, t.ry)) {
+          const int kk = k0 + k;
+          const acc_t dx = x - s_mux[kk], dy = y - s_muy[kk];
+          if (imtok::splat::within(dx, static_cast<acc_t>(s_rx[kk])) &&
+              imtok::splat::within(dy, static_cast<acc_t>(s_ry[kk]))) {
+            Token<acc_t> t;
+            t.rho = s_rho[kk];
+            t.w1 = s_w1[kk];
+            t.w2 = s_w2[kk];
+            t.w3 = s_w3[kk];
+            t.w4 = s_w4[kk];
             const acc_t v = imtok::imtok_exp(t.w1 * imtok::splat::quad(t, dx, dy));
             wacc += v;
 #pragma unroll
