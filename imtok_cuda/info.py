@@ -9,10 +9,9 @@ DEVICE_KEYS = ("CPU", "CUDA")
 def op_table():
     """{op name: {"CPU": bool, "CUDA": bool, "emulated": bool}} for every op of the imtok_cuda namespace."""
     table = {}
-    for name in sorted(dir(torch.ops.imtok_cuda)):
-        packet = getattr(torch.ops.imtok_cuda, name, None)
-        if not isinstance(packet, torch._ops.OpOverloadPacket):
-            continue
+    names = sorted({n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
+                    if n.startswith("imtok_cuda::")})
+    for name in names:
         qual = f"imtok_cuda::{name}"
         row = {k: torch._C._dispatch_has_kernel_for_dispatch_key(qual, k) for k in DEVICE_KEYS}
         row["emulated"] = bool(C.emulated_cuda) and torch._C._dispatch_has_kernel_for_dispatch_key(
