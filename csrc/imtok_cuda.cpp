@@ -22,6 +22,10 @@ void define_schemas(torch::Library& m) {
   m.def("vq_ema_stats(Tensor x, Tensor indices, int K) -> (Tensor counts, Tensor sums)");
 
   // ---- splat ------------------------------------------------------------------------------------------
+  m.def("splat_render(Tensor geometry, Tensor features, int H, int W, float box_sigma=3.0, Tensor? lengths=None, "
+        "bool normalize=False) -> Tensor");
+  m.def("splat_render_backward(Tensor grad_out, Tensor geometry, Tensor features, Tensor? out, int H, int W, "
+        "float box_sigma, Tensor? lengths, bool normalize) -> (Tensor grad_geometry, Tensor grad_features)");
 
   // ---- shuffle ----------------------------------------------------------------------------------------
 
