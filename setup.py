@@ -97,9 +97,9 @@ if not emulate:
 cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
 
 opt = ["-O0", "-g"] if debug else ["-O3"]
-cxx_flags = opt + ["-std=c++17", "-fvisibility=hidden"]
+cxx_flags = opt + ["-std=c++20", "-fvisibility=hidden"]
 # No --use_fast_math: exact parity with torch's fp32 math on the device too.
-nvcc_flags = opt[:1] + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+nvcc_flags = opt[:1] + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
 macros = []
 if with_cuda:
     macros.append(("IMTOK_WITH_CUDA", "1"))
