@@ -18,6 +18,12 @@ void define_schemas(torch::Library& m) {
   // ---- splat ------------------------------------------------------------------------------------------
 
   // ---- shuffle ----------------------------------------------------------------------------------------
+  // Token-Shuffle: [B, (h s)(w s), D] <-> [B, h w, s*s*D] ('b (h s1 w s2) d -> b (h w) (s1 s2 d)'); h, w: coarse grid.
+  m.def("shuffle_token_shuffle(Tensor x, int h, int w, int s) -> Tensor");
+  m.def("shuffle_token_unshuffle(Tensor x, int h, int w, int s) -> Tensor");
+  // Linear(s*s*D -> N) after the shuffle, and Linear(K -> s*s*D) before the unshuffle, permutation folded in.
+  m.def("shuffle_linear(Tensor x, int h, int w, int s, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("shuffle_linear_unshuffle(Tensor x, int h, int w, int s, Tensor weight, Tensor? bias=None) -> Tensor");
 
   // ---- merge ------------------------------------------------------------------------------------------
   // ToMe / tomesd. A plan is (src_idx [B, r], dst_idx [B, r], unm_idx [B, Na - r]) in the upstream index spaces;

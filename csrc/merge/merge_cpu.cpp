@@ -126,11 +126,6 @@ std::tuple<Tensor, Tensor, Tensor> tome_match_cpu(const Tensor& metric_, int64_t
   const int64_t Na = (T + 1) / 2, Nb = T / 2;
   auto opts = metric.options().dtype(c10::kLong);
   Tensor src = at::empty({B, r}, opts), dst = at::empty({B, r}, opts), unm = at::empty({B, Na - r}, opts);
-  if (r == 0) {  // identity plan: every source row stays, in order
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < Na; ++i) unm.mutable_data_ptr<int64_t>()[b * Na + i] = i;
-    return {src, dst, unm};
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, metric.scalar_type(), "merge_tome_match", [&] {
     bipartite_match_cpu_impl<scalar_t>(metric, nullptr, nullptr, Na, Nb, r, class_token, distill_token, src, dst,
                                        unm);
@@ -260,7 +255,7 @@ Plan make_plan(const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_i
   p.d = check_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx);
   check_device_type(src_idx, c10::DeviceType::CPU, "src_idx");
   if (T >= 0) resolve_tokens(p.d, T, "x");
-  else resolve_merged_rows(p.d, merged_rows, "x");
+  else resolve_merged_rows(p.d, merged_rows, "y");
   p.distill = distill;
   TORCH_CHECK_VALUE(!distill || p.d.U >= 1, "distill_token needs at least one unmerged row in unm_idx");
   TORCH_CHECK_VALUE(p.d.Nb >= 1 || p.d.r == 0, "a plan with merges needs at least one destination");

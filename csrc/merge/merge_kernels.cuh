@@ -93,7 +93,7 @@ __global__ void norms_kernel(const scalar_t* __restrict__ metric, acc_t* __restr
     s += v * v;
   }
   s = warp_sum(s);
-  if (lane == 0) norms[b * T + t] = static_cast<acc_t>(static_cast<scalar_t>(sqrt(s)));
+  if (lane == 0) norms[b * T + t] = static_cast<acc_t>(static_cast<scalar_t>(sqrt(static_cast<double>(s))));
 }
 
 // One warp per source row i: max over destinations j of <a_i / |a_i|, b_j / |b_j|>, first j on ties.
