@@ -11,8 +11,8 @@ namespace {
 
 void define_schemas(torch::Library& m) {
   // ---- vq -------------------------------------------------------------------------------------------
-  m.def("vq_nearest(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor indices, Tensor distances)");
-  m.def("vq_nearest_topk(Tensor x, Tensor codebook, int k, str metric=\"l2\") -> (Tensor indices, Tensor distances)");
+  m.def("vq_nearest(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor distances, Tensor indices)");
+  m.def("vq_nearest_topk(Tensor x, Tensor codebook, int k, str metric=\"l2\") -> (Tensor distances, Tensor indices)");
   // ---- vq: quantizers (EMA, FSQ, LFQ, binary) ---------------------------------------------------------
 
   // ---- splat ------------------------------------------------------------------------------------------

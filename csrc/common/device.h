@@ -6,6 +6,7 @@
 //   g++ otherwise             -> only IMTOK_HD math helpers are usable (CPU kernels)
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -49,4 +50,10 @@ IMTOK_HD T imtok_min(T a, T b) { return b < a ? b : a; }
 template <typename T>
 IMTOK_HD T imtok_max(T a, T b) { return a < b ? b : a; }
 IMTOK_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+IMTOK_HD float imtok_sqrt(float x) { return sqrtf(x); }
+IMTOK_HD double imtok_sqrt(double x) { return sqrt(x); }
+IMTOK_HD float imtok_exp(float x) { return expf(x); }
+IMTOK_HD double imtok_exp(double x) { return exp(x); }
+IMTOK_HD float imtok_log(float x) { return logf(x); }
+IMTOK_HD double imtok_log(double x) { return log(x); }
 }  // namespace imtok

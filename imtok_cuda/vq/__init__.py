@@ -1,1 +1,2 @@
-"""Vector quantization ops."""
+"""Vector-quantization ops: nearest code (and top-k), latent perturbation, quantizers."""
+from .nearest import latent_perturbation, nearest, nearest_topk  # noqa: F401

@@ -1,0 +1,265 @@
+// CPU kernels of the vq family: nearest code and k nearest codes, fused (no N x K buffer).
+//
+// The codebook is packed once into [D][Kpad] in the accumulation type (fp32, or fp64 for fp64 inputs) with
+// its squared norms; each thread takes blocks of 64 rows, walks the codebook in L2-sized chunks and computes
+// distances of 4 rows x 16 codes in registers (auto-vectorized; AVX2/FMA clone on x86-64), folding them into
+// the running best (or top-k) in code order, so ties go to the lowest index without any extra work.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/checks.h"
+#include "vq/vq_checks.h"
+#include "vq/vq_math.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define IMTOK_SIMD_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define IMTOK_SIMD_CLONES
+#endif
+
+namespace imtok {
+namespace vq {
+namespace {
+
+constexpr int kLanes = 16;     // codes per register block
+constexpr int kRowGroup = 4;   // rows per register block
+constexpr int kRowBlock = 64;  // rows per task
+
+template <typename acc_t>
+struct PackedCodebook {
+  int64_t K = 0, Kpad = 0, D = 0;
+  std::vector<acc_t> cbT;  // [D][Kpad], padding codes are zero
+  std::vector<acc_t> en;   // [Kpad]: |e|^2 for l2, 0 for cosine; +inf for padding
+};
+
+template <typename scalar_t, typename acc_t>
+PackedCodebook<acc_t> pack_codebook(const at::Tensor& codebook, int metric) {
+  PackedCodebook<acc_t> p;
+  p.K = codebook.size(0);
+  p.D = codebook.size(1);
+  p.Kpad = (p.K + kLanes - 1) / kLanes * kLanes;
+  p.cbT.assign(static_cast<size_t>(p.D * p.Kpad), acc_t(0));
+  p.en.assign(static_cast<size_t>(p.Kpad), std::numeric_limits<acc_t>::infinity());
+  const scalar_t* cb = codebook.data_ptr<scalar_t>();
+  at::parallel_for(0, p.K, 256, [&](int64_t k0, int64_t k1) {
+    std::vector<acc_t> row(static_cast<size_t>(p.D));
+    for (int64_t k = k0; k < k1; ++k) {
+      acc_t sq = 0;
+      for (int64_t d = 0; d < p.D; ++d) {
+        row[d] = static_cast<acc_t>(cb[k * p.D + d]);
+        sq += row[d] * row[d];
+      }
+      acc_t denom = 1;  // divide like F.normalize (a reciprocal multiply would break exact ties)
+      if (metric == kCosine) {  // F.normalize(e, dim=-1, eps=1e-6)
+        denom = std::max(std::sqrt(sq), acc_t(1e-6));
+        p.en[k] = 0;
+      } else {
+        p.en[k] = sq;
+      }
+      for (int64_t d = 0; d < p.D; ++d) p.cbT[d * p.Kpad + k] = row[d] / denom;
+    }
+  });
+  return p;
+}
+
+// out[r][l] = (xn[r] + en[k0 + l]) - 2 x_r . e_{k0 + l}  for 4 rows and kc (multiple of 16) codes.
+template <typename acc_t>
+IMTOK_SIMD_CLONES void distance_tile(const acc_t* __restrict__ x, const acc_t* __restrict__ xn,
+                                     const acc_t* __restrict__ cbT, const acc_t* __restrict__ en, int64_t D,
+                                     int64_t Kpad, int64_t k0, int64_t kc, acc_t* __restrict__ out) {
+  for (int64_t kb = 0; kb < kc; kb += kLanes) {
+    acc_t acc[kRowGroup][kLanes];
+    for (int r = 0; r < kRowGroup; ++r)
+      for (int l = 0; l < kLanes; ++l) acc[r][l] = 0;
+    const acc_t* c = cbT + k0 + kb;
+    for (int64_t d = 0; d < D; ++d) {
+      const acc_t* cd = c + d * Kpad;
+      for (int r = 0; r < kRowGroup; ++r) {
+        const acc_t xv = x[r * D + d];
+        for (int l = 0; l < kLanes; ++l) acc[r][l] += xv * cd[l];
+      }
+    }
+    for (int r = 0; r < kRowGroup; ++r)
+      for (int l = 0; l < kLanes; ++l) out[r * kc + kb + l] = (xn[r] + en[k0 + kb + l]) - acc_t(2) * acc[r][l];
+  }
+}
+
+template <typename acc_t>
+int64_t chunk_codes(const PackedCodebook<acc_t>& p) {
+  // keep a chunk of the packed codebook in L2 (~128 KiB) while 64 rows stream over it
+  int64_t kc = (131072 / static_cast<int64_t>(sizeof(acc_t))) / std::max<int64_t>(p.D, 1);
+  kc = std::max<int64_t>(kLanes, kc / kLanes * kLanes);
+  return std::min(kc, p.Kpad);
+}
+
+// Runs the blocked distance computation and hands every (row, code, distance) to `fold` in code order.
+// prepare(r_global, x_row_acc, D) lets the caller record per-row facts (|x| for cosine).
+template <typename scalar_t, typename acc_t, typename Init, typename Fold, typename Finish>
+void for_each_distance(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
+                       Fold fold, Finish finish) {
+  const int64_t D = p.D;
+  const int64_t kc_max = chunk_codes(p);
+  at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> xbuf(static_cast<size_t>(kRowBlock * std::max<int64_t>(D, 1)), acc_t(0));
+    std::vector<acc_t> xn(kRowBlock, acc_t(0));
+    std::vector<acc_t> tile(static_cast<size_t>(kRowGroup * kc_max));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kRowBlock;
+      const int64_t rows = std::min<int64_t>(kRowBlock, N - r0);
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        acc_t sq = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const acc_t v = r < rows ? static_cast<acc_t>(x[(r0 + r) * D + d]) : acc_t(0);
+          xbuf[r * D + d] = v;
+          sq += v * v;
+        }
+        xn[r] = metric == kCosine ? acc_t(0) : sq;
+        if (r < rows) init(r0 + r, sq);
+      }
+      for (int64_t k0 = 0; k0 < p.Kpad; k0 += kc_max) {
+        const int64_t kc = std::min(kc_max, p.Kpad - k0);
+        const int64_t kvalid = std::min(kc, p.K - k0);
+        for (int64_t g = 0; g < rows; g += kRowGroup) {
+          distance_tile<acc_t>(xbuf.data() + g * D, xn.data() + g, p.cbT.data(), p.en.data(), D, p.Kpad, k0, kc,
+                               tile.data());
+          const int64_t gr = std::min<int64_t>(kRowGroup, rows - g);
+          for (int64_t r = 0; r < gr; ++r) fold(r0 + g + r, tile.data() + r * kc, k0, kvalid);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) finish(r0 + r);
+    }
+  });
+}
+
+template <typename acc_t>
+acc_t output_distance(acc_t d, acc_t sq_norm_x, int metric) {
+  if (metric != kCosine) return d;
+  // d = -2 x.e_hat; similarity = x_hat.e_hat with x_hat = x / max(|x|, 1e-6); report 1 - similarity
+  return acc_t(1) + (d / acc_t(2)) / std::max(std::sqrt(sq_norm_x), acc_t(1e-6));
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at::Tensor& codebook_in,
+                                               c10::string_view metric_name) {
+  const int metric = parse_metric(metric_name);
+  check_nearest_inputs(x_in, codebook_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor codebook = codebook_in.contiguous();
+  auto out_shape = x.sizes().vec();
+  out_shape.pop_back();
+  const auto dist_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor indices = at::empty(out_shape, x.options().dtype(at::kLong));
+  at::Tensor distances = at::empty(out_shape, x.options().dtype(dist_dtype));
+  const int64_t rows = indices.numel();
+  if (rows == 0) return {distances, indices};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vq_nearest_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    const auto p = pack_codebook<scalar_t, acc_t>(codebook, metric);
+    int64_t* idx = indices.data_ptr<int64_t>();
+    acc_t* dist = distances.data_ptr<acc_t>();
+    // per-row state lives in the outputs (and sq_norm for cosine) to keep the fold branch-light
+    std::vector<acc_t> sq_norm(metric == kCosine ? rows : 0);
+    for_each_distance<scalar_t, acc_t>(
+        x.data_ptr<scalar_t>(), rows, p, metric,
+        [&](int64_t r, acc_t sq) {
+          idx[r] = 0;
+          dist[r] = std::numeric_limits<acc_t>::infinity();
+          if (metric == kCosine) sq_norm[r] = sq;
+        },
+        [&](int64_t r, const acc_t* t, int64_t k0, int64_t kvalid) {
+          acc_t best = dist[r];
+          int64_t bi = idx[r];
+          bool best_nan = best != best;
+          if (best_nan) return;  // the first NaN wins and nothing beats it
+          for (int64_t l = 0; l < kvalid; ++l) {
+            const acc_t d = t[l];
+            if (d < best) {
+              best = d;
+              bi = k0 + l;
+            } else if (d != d) {
+              best = d;
+              bi = k0 + l;
+              break;
+            }
+          }
+          dist[r] = best;
+          idx[r] = bi;
+        },
+        [&](int64_t r) {
+          if (metric == kCosine) dist[r] = output_distance(dist[r], sq_norm[r], metric);
+        });
+  });
+  return {distances, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_topk_cpu(const at::Tensor& x_in, const at::Tensor& codebook_in, int64_t k,
+                                                    c10::string_view metric_name) {
+  const int metric = parse_metric(metric_name);
+  check_nearest_inputs(x_in, codebook_in);
+  check_topk_k(k, codebook_in.size(0));
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor codebook = codebook_in.contiguous();
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = k;
+  const auto dist_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor indices = at::empty(out_shape, x.options().dtype(at::kLong));
+  at::Tensor distances = at::empty(out_shape, x.options().dtype(dist_dtype));
+  const int64_t rows = k == 0 ? 0 : indices.numel() / k;
+  if (rows == 0) return {distances, indices};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vq_nearest_topk_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    const auto p = pack_codebook<scalar_t, acc_t>(codebook, metric);
+    int64_t* idx = indices.data_ptr<int64_t>();
+    acc_t* dist = distances.data_ptr<acc_t>();
+    std::vector<acc_t> sq_norm(metric == kCosine ? rows : 0);
+    std::vector<int64_t> count(rows, 0);
+    for_each_distance<scalar_t, acc_t>(
+        x.data_ptr<scalar_t>(), rows, p, metric,
+        [&](int64_t r, acc_t sq) {
+          count[r] = 0;
+          if (metric == kCosine) sq_norm[r] = sq;
+        },
+        [&](int64_t r, const acc_t* t, int64_t k0, int64_t kvalid) {
+          acc_t* td = dist + r * k;
+          int64_t* ti = idx + r * k;
+          int64_t n = count[r];
+          for (int64_t l = 0; l < kvalid; ++l) {
+            const acc_t d = t[l];
+            const int64_t i = k0 + l;
+            // codes arrive in increasing index order: a candidate enters only if strictly closer than the last
+            if (n == k && !closer(d, i, td[k - 1], ti[k - 1])) continue;
+            int64_t pos = n == k ? k - 1 : n;
+            while (pos > 0 && closer(d, i, td[pos - 1], ti[pos - 1])) {
+              td[pos] = td[pos - 1];
+              ti[pos] = ti[pos - 1];
+              --pos;
+            }
+            td[pos] = d;
+            ti[pos] = i;
+            if (n < k) ++n;
+          }
+          count[r] = n;
+        },
+        [&](int64_t r) {
+          if (metric == kCosine)
+            for (int64_t j = 0; j < k; ++j) dist[r * k + j] = output_distance(dist[r * k + j], sq_norm[r], metric);
+        });
+  });
+  return {distances, indices};
+}
+
+}  // namespace
+}  // namespace vq
+}  // namespace imtok
+
+TORCH_LIBRARY_IMPL(imtok_cuda, CPU, m) {
+  m.impl("vq_nearest", &imtok::vq::nearest_cpu);
+  m.impl("vq_nearest_topk", &imtok::vq::nearest_topk_cpu);
+}

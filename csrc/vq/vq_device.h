@@ -1,0 +1,69 @@
+// Tensor-level launchers of the vq device kernels, compiled twice: by nvcc for CUDA tensors and by g++ with
+// the execution shim for the emulated test ops (CPU tensors).
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <tuple>
+
+#include "vq/vq_checks.h"
+#include "vq/vq_kernels.cuh"
+
+namespace imtok {
+namespace IMTOK_DEVICE_NS {
+namespace vq {
+
+inline std::tuple<at::Tensor, at::Tensor> nearest_common(const at::Tensor& x_in, const at::Tensor& codebook_in,
+                                                         int64_t k, bool topk, c10::string_view metric_name) {
+  const int metric = imtok::vq::parse_metric(metric_name);
+  imtok::vq::check_nearest_inputs(x_in, codebook_in);
+  if (topk) imtok::vq::check_topk_k(k, codebook_in.size(0));
+  IMTOK_DEVICE_GUARD(x_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor codebook = codebook_in.contiguous();
+  const int64_t K = codebook.size(0), D = codebook.size(1);
+  auto out_shape = x.sizes().vec();
+  if (topk)
+    out_shape.back() = k;
+  else
+    out_shape.pop_back();
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor indices = at::empty(out_shape, x.options().dtype(at::kLong));
+  at::Tensor distances = at::empty(out_shape, x.options().dtype(acc_dtype));
+  const int64_t rows = topk ? indices.numel() / k : indices.numel();
+  if (rows == 0) return {distances, indices};
+  at::Tensor cb_acc = at::empty({K, D}, x.options().dtype(acc_dtype));
+  at::Tensor en = at::empty({K}, x.options().dtype(acc_dtype));
+  auto stream = IMTOK_CURRENT_STREAM();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vq_nearest_device", [&] {
+    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    auto prep = prep_codebook_kernel<scalar_t, acc_t>;
+    IMTOK_LAUNCH(prep, dim3(ceil_div(K, 128)), dim3(128), 0, stream, codebook.data_ptr<scalar_t>(), K, D, metric,
+                 cb_acc.data_ptr<acc_t>(), en.data_ptr<acc_t>());
+    const int64_t threads = topk ? 64 : 128;
+    const int64_t tile = imtok_max<int64_t>(1, imtok_min<int64_t>(K, 16384 / static_cast<int64_t>((D + 1) * sizeof(acc_t))));
+    const bool stage_x = D * threads * static_cast<int64_t>(sizeof(acc_t)) <= 24 * 1024;
+    const size_t smem = ((stage_x ? D * threads : 0) + tile * D + tile) * sizeof(acc_t);
+    auto kern = topk ? nearest_kernel<scalar_t, acc_t, true> : nearest_kernel<scalar_t, acc_t, false>;
+    IMTOK_LAUNCH(kern, dim3(ceil_div(rows, threads)), dim3(threads), smem, stream, x.data_ptr<scalar_t>(), rows, D,
+                 cb_acc.data_ptr<acc_t>(), en.data_ptr<acc_t>(), K, k, metric, tile, stage_x,
+                 indices.data_ptr<int64_t>(), distances.data_ptr<acc_t>());
+  });
+  return {distances, indices};
+}
+
+inline std::tuple<at::Tensor, at::Tensor> nearest(const at::Tensor& x, const at::Tensor& codebook,
+                                                  c10::string_view metric) {
+  return nearest_common(x, codebook, 1, false, metric);
+}
+
+inline std::tuple<at::Tensor, at::Tensor> nearest_topk(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
+                                                       c10::string_view metric) {
+  return nearest_common(x, codebook, k, true, metric);
+}
+
+}  // namespace vq
+}  // namespace IMTOK_DEVICE_NS
+}  // namespace imtok

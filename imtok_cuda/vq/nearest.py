@@ -1,0 +1,154 @@
+"""Nearest-code search: the fused core of every VQ tokenizer.
+
+`nearest(x, codebook, metric)` returns the closest code of every row of x without building the N x K
+distance matrix (extra memory O(N) plus a packed copy of the codebook), with torch.argmin's tie rule
+(lowest index) and NaN rule (a NaN distance wins, the first one), fp32 accumulation for half inputs.
+"""
+import math
+
+import torch
+
+from .. import _loader  # noqa: F401  (loads the kernels)
+
+_METRICS = ("l2", "cosine")
+MAX_TOPK = 128
+
+
+def _check(x, codebook, metric):
+    if not isinstance(x, torch.Tensor) or not isinstance(codebook, torch.Tensor):
+        raise TypeError("x and codebook must be tensors")
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
+    if codebook.dim() != 2:
+        raise ValueError(f"codebook must have 2 dimensions [K, D], got shape {tuple(codebook.shape)}")
+    if x.dim() < 1 or x.shape[-1] != codebook.shape[1]:
+        raise ValueError(f"x.shape[-1] must equal codebook.shape[1] ({codebook.shape[1]}), got x shape {tuple(x.shape)}")
+
+
+def nearest(x, codebook, metric="l2"):
+    """Closest code for every vector.
+
+    Args:
+        x: [..., D] float16 / bfloat16 / float32 / float64.
+        codebook: [K, D], same dtype and device as x.
+        metric: "l2": argmin (|x|^2 + |e|^2) - 2 x.e (taming, LlamaGen, TiTok; normalize first yourself for
+            their l2-normalized codebooks); "cosine": argmax of x_hat.e_hat with F.normalize(eps=1e-6)
+            (vector-quantize-pytorch use_cosine_sim).
+    Returns:
+        indices int64 [...] and distances [...] (float32, float64 for float64 inputs): the squared l2
+        distance, or 1 - cosine similarity. distances is differentiable w.r.t. x and codebook.
+    """
+    _check(x, codebook, metric)
+    dist, idx = torch.ops.imtok_cuda.vq_nearest(x, codebook, metric)
+    return idx, dist
+
+
+def nearest_topk(x, codebook, k, metric="l2"):
+    """The k closest codes of every vector (k <= 128), ascending by distance, ties by lower index.
+    Returns indices int64 [..., k] and distances [..., k]; column 0 equals nearest()."""
+    _check(x, codebook, metric)
+    if not 1 <= k <= min(MAX_TOPK, codebook.shape[0]):
+        raise ValueError(f"k must be in [1, min(128, K={codebook.shape[0]})], got {k}")
+    dist, idx = torch.ops.imtok_cuda.vq_nearest_topk(x, codebook, k, metric)
+    return idx, dist
+
+
+def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, metric="l2", generator=None):
+    """RobusTok latent perturbation ("Image Tokenizer Needs Post-Training"): for the first floor(B * beta)
+    samples (dim 0 of x), each token's code is replaced with probability alpha by one drawn uniformly from the
+    delta codes nearest to the continuous x (delta <= 128). Returns new indices; apply after the VQ losses.
+    Same random draws as imtok_cuda.reference.vq.latent_perturbation for the same generator state."""
+    _check(x, codebook, metric)
+    B = x.shape[0]
+    n_pert = int(math.floor(B * beta))
+    out = indices.clone()
+    if n_pert == 0 or alpha <= 0:
+        return out
+    delta = min(int(delta), codebook.shape[0])
+    if delta > MAX_TOPK:
+        raise ValueError(f"delta must be <= {MAX_TOPK}, got {delta}")
+    cand, _ = nearest_topk(x[:n_pert], codebook, delta, metric)
+    choice = torch.randint(0, delta, cand.shape[:-1], generator=generator, device=x.device)
+    picked = cand.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+    flip = torch.rand(cand.shape[:-1], generator=generator, device=x.device) < alpha
+    out[:n_pert] = torch.where(flip, picked, out[:n_pert])
+    return out
+
+
+# ---- fake (meta) kernels -------------------------------------------------------------------------------
+def _dist_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_fake(x, codebook):
+    if x.device != codebook.device:
+        raise ValueError(f"x and codebook must be on the same device, got {x.device} and {codebook.device}")
+    if x.dtype != codebook.dtype:
+        raise TypeError(f"x and codebook must have the same dtype, got {x.dtype} and {codebook.dtype}")
+
+
+@torch.library.register_fake("imtok_cuda::vq_nearest")
+def _nearest_fake(x, codebook, metric="l2"):
+    _check_fake(x, codebook)
+    shape = x.shape[:-1]
+    return x.new_empty(shape, dtype=_dist_dtype(x)), x.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("imtok_cuda::vq_nearest_topk")
+def _nearest_topk_fake(x, codebook, k, metric="l2"):
+    _check_fake(x, codebook)
+    shape = (*x.shape[:-1], k)
+    return x.new_empty(shape, dtype=_dist_dtype(x)), x.new_empty(shape, dtype=torch.int64)
+
+
+# ---- autograd: distances are differentiable w.r.t. x and the chosen codes ---------------------------------
+def _distance_grads(x, codebook, idx, grad_dist, metric, need_x, need_cb):
+    """Gradients of d(x_n, e_idx[n]) for every selected pair (idx may have a trailing k dim)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    D = codebook.shape[1]
+    topk = idx.dim() == x.dim()  # [..., k]
+    xa = x.to(acc).unsqueeze(-2) if topk else x.to(acc)
+    e = codebook.to(acc)[idx]
+    g = grad_dist.to(acc).unsqueeze(-1)
+    if metric == "l2":
+        gx = 2 * g * (xa - e)
+        ge = 2 * g * (e - xa)
+    else:  # d = 1 - x_hat.e_hat, x_hat = x / max(|x|, eps)
+        eps = 1e-6
+        nx = xa.norm(dim=-1, keepdim=True)
+        ne = codebook.to(acc).norm(dim=-1, keepdim=True)[idx]
+        x_hat, e_hat = xa / nx.clamp_min(eps), e / ne.clamp_min(eps)
+        s = (x_hat * e_hat).sum(-1, keepdim=True)
+        # d x_hat / d x = (I - x_hat x_hat^T) / |x| when |x| > eps, else I / eps
+        gx = -g * torch.where(nx > eps, (e_hat - s * x_hat) / nx.clamp_min(eps), e_hat / eps)
+        ge = -g * torch.where(ne > eps, (x_hat - s * e_hat) / ne.clamp_min(eps), x_hat / eps)
+    grad_x = grad_cb = None
+    if need_x:
+        grad_x = (gx.sum(-2) if topk else gx).to(x.dtype)
+    if need_cb:
+        grad_cb = torch.zeros(codebook.shape, dtype=acc, device=codebook.device)
+        grad_cb.index_add_(0, idx.reshape(-1), ge.reshape(-1, D))
+        grad_cb = grad_cb.to(codebook.dtype)
+    return grad_x, grad_cb
+
+
+def _setup(ctx, inputs, output):
+    x, codebook, *rest = inputs
+    ctx.metric = rest[-1] if rest and isinstance(rest[-1], str) else "l2"
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, codebook, output[1])
+
+
+def _backward(ctx, grad_dist, grad_idx):
+    x, codebook, idx = ctx.saved_tensors
+    gx, gc = _distance_grads(x, codebook, idx, grad_dist, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    return gx, gc, None
+
+
+def _backward_topk(ctx, grad_dist, grad_idx):
+    gx, gc, _ = _backward(ctx, grad_dist, grad_idx)
+    return gx, gc, None, None
+
+
+torch.library.register_autograd("imtok_cuda::vq_nearest", _backward, setup_context=_setup)
+torch.library.register_autograd("imtok_cuda::vq_nearest_topk", _backward_topk, setup_context=_setup)

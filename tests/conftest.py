@@ -1,0 +1,35 @@
+import os
+
+import pytest
+import torch
+
+import imtok_cuda
+
+HAS_GPU = torch.cuda.is_available()
+HAS_EMU = imtok_cuda.emulation_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_GPU:
+            item.add_marker(skip_gpu)
+
+
+def pytest_configure(config):
+    # CI sets IMTOK_REQUIRE_EMULATION=1: a build without the emulated kernels must fail, not skip.
+    if os.environ.get("IMTOK_REQUIRE_EMULATION") == "1" and not HAS_EMU:
+        raise pytest.UsageError("IMTOK_REQUIRE_EMULATION=1 but imtok_cuda was built without IMTOK_EMULATE_CUDA=1")
+
+
+@pytest.fixture
+def emu():
+    """torch.ops.imtok_cuda_emu: the CUDA kernels of imtok_cuda executed on CPU threads."""
+    if not HAS_EMU:
+        pytest.skip("built without IMTOK_EMULATE_CUDA=1")
+    return torch.ops.imtok_cuda_emu
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
