@@ -105,9 +105,33 @@ def loop_merge(x, plan, mode, distill=False, apos=None, bpos=None, size=None):
     return torch.stack(outs)
 
 
-def _assert_plan_equal(got, ref, metric=None, r=None):
-    for g, e, name in zip(got, ref, ("src_idx", "dst_idx", "unm_idx")):
-        assert torch.equal(g, e), name
+def _assert_plan_equal(got, ref, metric=None, flags=None, tol=1e-5):
+    """Exact equality; with `metric` given (fp32 inputs), a difference is accepted only where it is explained
+    by a near-tie (< tol) of the float64 scores, i.e. the plan is still optimal up to rounding."""
+    if all(torch.equal(g, e) for g, e in zip(got, ref)) or metric is None:
+        for g, e, name in zip(got, ref, ("src_idx", "dst_idx", "unm_idx")):
+            assert torch.equal(g, e), name
+        return
+    ct, dt = flags
+    m = metric.double()
+    m = m / m.norm(dim=-1, keepdim=True)
+    sc = m[:, ::2] @ m[:, 1::2].transpose(1, 2)
+    if ct:
+        sc[:, 0, :] = -math.inf
+    if dt:
+        sc[:, :, 0] = -math.inf
+    nm = sc.max(-1).values
+    src, dst, unm = got
+    for b in range(m.shape[0]):
+        v = nm[b, src[b]]
+        assert bool((v[1:] <= v[:-1] + tol).all()), "src order"
+        if unm.shape[1] and src.shape[1]:
+            assert float(nm[b, unm[b]].max()) <= float(v.min()) + tol, "src/unm split"
+        chosen = sc[b, src[b], dst[b]]
+        assert bool((chosen >= nm[b, src[b]] - tol).all()), "dst argmax"
+        assert sorted(src[b].tolist() + unm[b].tolist()) == list(range(nm.shape[1]))
+    for g, e in zip(got, ref):
+        assert (g != e).float().mean() < 0.05, "too many near-tie differences"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -124,7 +148,7 @@ def test_tome_match_cpu_vs_reference(dtype, T, flags):
         ref = R.tome_plan(metric, r, ct, dt)
         got = M.tome_match(metric, r, ct, dt)
         assert got.r == min(r, (T - ct - dt) // 2)
-        _assert_plan_equal(_plan_tuple(got), ref)
+        _assert_plan_equal(_plan_tuple(got), ref, metric if dtype == torch.float32 else None, (ct, dt))
 
 
 @pytest.mark.parametrize("T", [11, 50])
@@ -292,9 +316,10 @@ def test_random2d_split_follows_torch_cpu_argsort():
 
 
 def test_random2d_sd_latent_fp32():
-    # SD 64x64 latent at stride 2, ratio 0.5, fp32
+    # SD 64x64 latent at stride 2, ratio 0.5; fp64 metric (3072 x 1024 fp32 scores hold near-ties that BLAS
+    # rounding orders either way), fp32 features
     g = _gen(1)
-    metric = torch.randn(1, 4096, 64, generator=g)
+    metric = torch.randn(1, 4096, 64, generator=g, dtype=torch.float64)
     x = torch.randn(1, 4096, 32, generator=g)
     r = int(4096 * 0.5)
     mr, ur = R.bipartite_soft_matching_random2d(metric, 64, 64, 2, 2, r, False, _gen(2))
@@ -339,7 +364,7 @@ def test_emulated_tome_match_and_apply(dtype, T, flags):
     size = torch.rand(2, T, 1, generator=g, dtype=dtype) + 0.5
     r = min(7, (T - ct - dt) // 2)
     plan = emu_ops.merge_tome_match(metric, r, ct, dt)
-    _assert_plan_equal(plan, R.tome_plan(metric, r, ct, dt))
+    _assert_plan_equal(plan, R.tome_plan(metric, r, ct, dt), metric if dtype == torch.float32 else None, (ct, dt))
     cpu = M.tome_match(metric, r, ct, dt)
     args = (cpu.src_idx, cpu.dst_idx, cpu.unm_idx, None, None)
     for mode in ("sum", "mean", "amax"):
@@ -364,8 +389,8 @@ def test_emulated_tome_match_and_apply(dtype, T, flags):
 @needs_emu
 def test_emulated_random2d():
     h, w, sx, sy = 7, 9, 2, 2
-    metric = torch.randn(2, h * w, 24, generator=_gen(8))
-    x = torch.randn(2, h * w, 24, generator=_gen(9))
+    metric = torch.randn(2, h * w, 24, generator=_gen(8), dtype=torch.float64)
+    x = torch.randn(2, h * w, 24, generator=_gen(9), dtype=torch.float64)
     rand_idx = R.random2d_rand_idx(h, w, sx, sy, False, _gen(10))
     a, b = M.random2d_split(rand_idx, h, w, sx, sy)
     for r in (1, 12, 100):

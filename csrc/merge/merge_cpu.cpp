@@ -10,6 +10,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/irange.h>
@@ -50,6 +53,11 @@ struct AscByKey {
 // ---------------------------------------------------------------------------------------------------------
 // matching
 // ---------------------------------------------------------------------------------------------------------
+// Normalized metric rows (rounded to scalar_t like the reference's metric / norm) in an acc_t buffer [B, T, C];
+// scores a . b^T are produced in tiles of kTileRows source rows by at::mm into a [kTileRows, Nb] scratch buffer
+// (never the [Na, Nb] matrix), reduced to row max/argmax; then each batch's rows are ordered by std::sort.
+constexpr int64_t kTileRows = 128;
+
 template <typename scalar_t>
 void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const int64_t* bpos, int64_t Na,
                               int64_t Nb, int64_t r, bool class_token, bool distill_token, Tensor& src_idx,
@@ -61,47 +69,65 @@ void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const i
   int64_t* dst = dst_idx.mutable_data_ptr<int64_t>();
   int64_t* unm = unm_idx.mutable_data_ptr<int64_t>();
   const int64_t U = Na - r;
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> an(Na * C), bt(C * Nb), s(Nb);
-    std::vector<std::pair<scalar_t, int64_t>> node(Na);
-    std::vector<int64_t> node_idx(Na);
-    // metric / metric.norm(): the norm is rounded to scalar_t, the quotient too (as the reference tensors are)
-    auto normalized = [&](const scalar_t* row, acc_t* out, int64_t stride) {
+  const auto aopts = metric.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  Tensor normed = at::empty({B, T, C}, aopts);
+  acc_t* np_ = normed.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, B * T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const scalar_t* row = m + t * C;
       double ss = 0;
       for (int64_t c = 0; c < C; ++c) ss += double(row[c]) * double(row[c]);
       const acc_t n = acc_t(scalar_t(std::sqrt(ss)));
-      for (int64_t c = 0; c < C; ++c) out[c * stride] = acc_t(scalar_t(acc_t(row[c]) / n));
-    };
-    for (int64_t b = b0; b < b1; ++b) {
-      const scalar_t* mb = m + b * T * C;
-      for (int64_t i = 0; i < Na; ++i) normalized(mb + (apos ? apos[i] : 2 * i) * C, an.data() + i * C, 1);
-      for (int64_t j = 0; j < Nb; ++j) normalized(mb + (bpos ? bpos[j] : 2 * j + 1) * C, bt.data() + j, Nb);
-      for (int64_t i = 0; i < Na; ++i) {
-        acc_t best = -std::numeric_limits<acc_t>::infinity();
-        int64_t arg = 0;
-        if (!(class_token && i == 0)) {
-          const acc_t* ai = an.data() + i * C;
-          std::fill(s.begin(), s.end(), acc_t(0));
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t av = ai[c];
-            const acc_t* bc = bt.data() + c * Nb;
-            for (int64_t j = 0; j < Nb; ++j) s[j] += av * bc[j];
-          }
-          for (int64_t j = distill_token ? 1 : 0; j < Nb; ++j) {
-            const acc_t v = acc_t(scalar_t(s[j]));
-            if (v > best || (is_nan(v) && !is_nan(best))) {
-              best = v;
-              arg = j;
+      for (int64_t c = 0; c < C; ++c) np_[t * C + c] = acc_t(scalar_t(acc_t(row[c]) / n));
+    }
+  });
+  Tensor pos_a, pos_b;
+  if (apos) {
+    pos_a = at::from_blob(const_cast<int64_t*>(apos), {Na}, metric.options().dtype(c10::kLong));
+    pos_b = at::from_blob(const_cast<int64_t*>(bpos), {Nb}, metric.options().dtype(c10::kLong));
+  }
+  std::vector<scalar_t> node_max(B * Na);
+  std::vector<int64_t> node_idx(B * Na, 0);
+  Tensor scratch = at::empty({std::min(kTileRows, std::max<int64_t>(Na, 1)), std::max<int64_t>(Nb, 1)}, aopts);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor nb_ = normed[b];
+    Tensor A = apos ? nb_.index_select(0, pos_a) : nb_.slice(0, 0, T, 2);
+    Tensor Bm = bpos ? nb_.index_select(0, pos_b) : nb_.slice(0, 1, T, 2);
+    const Tensor Bt = Bm.t();
+    for (int64_t i0 = 0; i0 < Na; i0 += kTileRows) {
+      const int64_t n = std::min(kTileRows, Na - i0);
+      Tensor sc = scratch.narrow(0, 0, n);
+      if (Nb > 0) at::mm_out(sc, A.narrow(0, i0, n), Bt);
+      const acc_t* sp = sc.const_data_ptr<acc_t>();
+      at::parallel_for(0, n, 16, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t i = i0 + q;
+          acc_t best = -std::numeric_limits<acc_t>::infinity();
+          int64_t arg = 0;
+          if (!(class_token && i == 0)) {
+            const acc_t* row = sp + q * Nb;
+            for (int64_t j = distill_token ? 1 : 0; j < Nb; ++j) {
+              const acc_t v = acc_t(scalar_t(row[j]));
+              if (v > best || (is_nan(v) && !is_nan(best))) {
+                best = v;
+                arg = j;
+              }
             }
           }
+          node_max[b * Na + i] = scalar_t(best);
+          node_idx[b * Na + i] = arg;
         }
-        node[i] = {scalar_t(best), i};
-        node_idx[i] = arg;
-      }
+      });
+    }
+  }
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<std::pair<scalar_t, int64_t>> node(Na);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t i = 0; i < Na; ++i) node[i] = {node_max[b * Na + i], i};
       std::sort(node.begin(), node.end(), DescByKey());
       for (int64_t k = 0; k < r; ++k) {
         src[b * r + k] = node[k].second;
-        dst[b * r + k] = node_idx[node[k].second];
+        dst[b * r + k] = node_idx[b * Na + node[k].second];
       }
       int64_t* ub = unm + b * U;
       for (int64_t k = 0; k < U; ++k) ub[k] = node[r + k].second;
@@ -283,6 +309,17 @@ Plan make_plan(const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_i
   for (int64_t i = 0; i < B * U; ++i)
     TORCH_CHECK_VALUE(p.unm_p[i] >= 0 && p.unm_p[i] < Na, "unm_idx holds ", p.unm_p[i], ", out of range [0, ", Na,
                       ")");
+  {  // src_idx and unm_idx must partition the source set: every token then belongs to exactly one output row
+    std::vector<char> seen(Na);
+    for (int64_t b = 0; b < B; ++b) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int64_t k = 0; k < r; ++k) seen[p.src_p[b * r + k]]++;
+      for (int64_t k = 0; k < U; ++k) seen[p.unm_p[b * U + k]]++;
+      for (int64_t i = 0; i < Na; ++i)
+        TORCH_CHECK_VALUE(seen[i] == 1, "src_idx and unm_idx must together hold every source row once; row ", i,
+                          " of batch ", b, " appears ", int(seen[i]), " times");
+    }
+  }
   p.off.assign(B * (Nb + 1), 0);
   p.lst.resize(B * r);
   for (int64_t b = 0; b < B; ++b) {
@@ -534,8 +571,8 @@ Tensor unmerge_cpu(const Tensor& y_, const Tensor& src_idx, const Tensor& dst_id
   TORCH_CHECK_VALUE(y_.size(0) == p.d.B, "y.shape[0] must be the plan's batch ", p.d.B, ", got shape ", y_.sizes());
   const Tensor y = y_.contiguous();
   const int64_t C = y.size(2), T = p.d.T, tout = p.d.tout();
-  // every token belongs to exactly one output row in a plan from the matching ops; zeros cover the rest
-  Tensor out = at::zeros({p.d.B, T, C}, y.options());
+  // make_plan checked that every token belongs to exactly one output row: each is written once
+  Tensor out = at::empty({p.d.B, T, C}, y.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, y.scalar_type(), "merge_unmerge", [&] {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();

@@ -62,7 +62,7 @@ inline std::tuple<Tensor, Tensor, Tensor> bipartite_match(const Tensor& metric_,
       node_idx.fill_(0);
     }
     auto sk = select_kernel<acc_t>;
-    IMTOK_LAUNCH(sk, dim3(unsigned(B)), 256, 0, stream, node_max.const_data_ptr<acc_t>(),
+    IMTOK_LAUNCH(sk, dim3(static_cast<unsigned>(B)), 256, 0, stream, node_max.const_data_ptr<acc_t>(),
                  node_idx.const_data_ptr<int64_t>(), Na, r, class_token, rank.mutable_data_ptr<int64_t>(),
                  src.mutable_data_ptr<int64_t>(), dst.mutable_data_ptr<int64_t>(), unm.mutable_data_ptr<int64_t>());
   });
@@ -268,7 +268,7 @@ inline std::tuple<Tensor, Tensor> wavg_backward(const Tensor& grad_x_, const c10
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_wavg_backward_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = wavg_backward_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(k, dim3(unsigned(tout), unsigned(B)), threads_for(C), 0, stream, g.const_data_ptr<scalar_t>(),
+    IMTOK_LAUNCH(k, dim3(static_cast<unsigned>(tout), static_cast<unsigned>(B)), threads_for(C), 0, stream, g.const_data_ptr<scalar_t>(),
                  gs.defined() ? gs.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
                  s.defined() ? s.const_data_ptr<scalar_t>() : nullptr, y.const_data_ptr<scalar_t>(),
                  ys.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gsz.mutable_data_ptr<scalar_t>(), p,

@@ -95,7 +95,7 @@ void check_linear(const Tensor& x, const Tensor& weight, const c10::optional<Ten
   }
 }
 
-constexpr int64_t kRowBlock = 256;
+constexpr int64_t kRowBlock = 512;
 
 // y = shuffle(x) @ weight^T + bias, gathering kRowBlock coarse rows at a time.
 Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, const Tensor& weight_,
@@ -111,25 +111,25 @@ Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, con
   Tensor y = at::empty({B, Q, N}, x.options());
   const int64_t rows = B * Q, nblk = (rows + kRowBlock - 1) / kRowBlock;
   Tensor y2 = y.view({rows, N});
-  at::parallel_for(0, nblk, 1, [&](int64_t k0, int64_t k1) {
-    Tensor buf = at::empty({kRowBlock, K}, x.options());
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r0 = k * kRowBlock, n = std::min(kRowBlock, rows - r0);
-      const int64_t es = x.element_size();
-      const char* sp = static_cast<const char*>(x.const_data_ptr());
-      char* bp = static_cast<char*>(buf.mutable_data_ptr());
-      for (int64_t rr = 0; rr < n; ++rr) {
+  Tensor buf = at::empty({std::min(kRowBlock, rows), K}, x.options());
+  const int64_t es = x.element_size();
+  const char* sp = static_cast<const char*>(x.const_data_ptr());
+  char* bp = static_cast<char*>(buf.mutable_data_ptr());
+  for (int64_t k = 0; k < nblk; ++k) {  // blocks in turn: at::mm threads itself (no GEMM inside parallel_for)
+    const int64_t r0 = k * kRowBlock, n = std::min(kRowBlock, rows - r0);
+    at::parallel_for(0, n, 16, [&](int64_t a0, int64_t a1) {
+      for (int64_t rr = a0; rr < a1; ++rr) {
         const int64_t bq = r0 + rr, b = bq / Q, q = bq % Q;
         for (int64_t sub = 0; sub < s * s; ++sub)
           std::memcpy(bp + (rr * K + sub * D) * es, sp + ((b * Q * s * s + fine_token(q, sub, w, s)) * D) * es,
                       D * es);
       }
-      Tensor out = y2.narrow(0, r0, n);
-      const Tensor a = buf.narrow(0, 0, n);
-      if (has_bias) at::addmm_out(out, *bias_, a, wt);
-      else at::mm_out(out, a, wt);
-    }
-  });
+    });
+    Tensor out = y2.narrow(0, r0, n);
+    const Tensor a = buf.narrow(0, 0, n);
+    if (has_bias) at::addmm_out(out, *bias_, a, wt);
+    else at::mm_out(out, a, wt);
+  }
   return y;
 }
 
@@ -151,24 +151,24 @@ Tensor linear_unshuffle_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, c
   Tensor y = at::empty({B, Q * s * s, D}, x.options());
   const int64_t rows = B * Q, nblk = (rows + kRowBlock - 1) / kRowBlock;
   const Tensor x2 = x.view({rows, Kin});
-  at::parallel_for(0, nblk, 1, [&](int64_t k0, int64_t k1) {
-    Tensor buf = at::empty({kRowBlock, N}, x.options());
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r0 = k * kRowBlock, n = std::min(kRowBlock, rows - r0);
-      Tensor out = buf.narrow(0, 0, n);
-      if (has_bias) at::addmm_out(out, *bias_, x2.narrow(0, r0, n), wt);
-      else at::mm_out(out, x2.narrow(0, r0, n), wt);
-      const int64_t es = x.element_size();
-      const char* bp = static_cast<const char*>(buf.const_data_ptr());
-      char* yp = static_cast<char*>(y.mutable_data_ptr());
-      for (int64_t rr = 0; rr < n; ++rr) {
+  Tensor buf = at::empty({std::min(kRowBlock, rows), N}, x.options());
+  const int64_t es = x.element_size();
+  const char* bp = static_cast<const char*>(buf.const_data_ptr());
+  char* yp = static_cast<char*>(y.mutable_data_ptr());
+  for (int64_t k = 0; k < nblk; ++k) {
+    const int64_t r0 = k * kRowBlock, n = std::min(kRowBlock, rows - r0);
+    Tensor out = buf.narrow(0, 0, n);
+    if (has_bias) at::addmm_out(out, *bias_, x2.narrow(0, r0, n), wt);
+    else at::mm_out(out, x2.narrow(0, r0, n), wt);
+    at::parallel_for(0, n, 16, [&](int64_t a0, int64_t a1) {
+      for (int64_t rr = a0; rr < a1; ++rr) {
         const int64_t bq = r0 + rr, b = bq / Q, q = bq % Q;
         for (int64_t sub = 0; sub < s * s; ++sub)
           std::memcpy(yp + ((b * Q * s * s + fine_token(q, sub, w, s)) * D) * es, bp + (rr * N + sub * D) * es,
                       D * es);
       }
-    }
-  });
+    });
+  }
   return y;
 }
 
