@@ -88,6 +88,45 @@ void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const i
   }
   std::vector<scalar_t> node_max(B * Na);
   std::vector<int64_t> node_idx(B * Na, 0);
+  auto row_max = [&](int64_t b, int64_t i, const acc_t* row) {
+    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    int64_t arg = 0;
+    if (!(class_token && i == 0)) {
+      for (int64_t j = distill_token ? 1 : 0; j < Nb; ++j) {
+        const acc_t v = acc_t(scalar_t(row[j]));
+        if (v > best || (is_nan(v) && !is_nan(best))) {
+          best = v;
+          arg = j;
+        }
+      }
+    }
+    node_max[b * Na + i] = scalar_t(best);
+    node_idx[b * Na + i] = arg;
+  };
+  if (Na * Nb * C <= (int64_t(1) << 22)) {
+    // small problems (a ViT layer): one task per batch, scores one source row at a time into a [Nb] row
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<acc_t> bt(C * Nb), srow(Nb);
+      for (int64_t b = b0; b < b1; ++b) {
+        const acc_t* nb_ = np_ + b * T * C;
+        for (int64_t j = 0; j < Nb; ++j) {
+          const acc_t* br = nb_ + (bpos ? bpos[j] : 2 * j + 1) * C;
+          for (int64_t c = 0; c < C; ++c) bt[c * Nb + j] = br[c];
+        }
+        for (int64_t i = 0; i < Na; ++i) {
+          const acc_t* ar = nb_ + (apos ? apos[i] : 2 * i) * C;
+          std::fill(srow.begin(), srow.end(), acc_t(0));
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t av = ar[c];
+            const acc_t* bc = bt.data() + c * Nb;
+            for (int64_t j = 0; j < Nb; ++j) srow[j] += av * bc[j];
+          }
+          row_max(b, i, srow.data());
+        }
+      }
+    });
+  } else {
+  // large problems (tomesd): source-row tiles through at::mm (BLAS threads itself), scratch [kTileRows, Nb]
   Tensor scratch = at::empty({std::min(kTileRows, std::max<int64_t>(Na, 1)), std::max<int64_t>(Nb, 1)}, aopts);
   for (int64_t b = 0; b < B; ++b) {
     Tensor nb_ = normed[b];
@@ -100,25 +139,10 @@ void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const i
       if (Nb > 0) at::mm_out(sc, A.narrow(0, i0, n), Bt);
       const acc_t* sp = sc.const_data_ptr<acc_t>();
       at::parallel_for(0, n, 16, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t i = i0 + q;
-          acc_t best = -std::numeric_limits<acc_t>::infinity();
-          int64_t arg = 0;
-          if (!(class_token && i == 0)) {
-            const acc_t* row = sp + q * Nb;
-            for (int64_t j = distill_token ? 1 : 0; j < Nb; ++j) {
-              const acc_t v = acc_t(scalar_t(row[j]));
-              if (v > best || (is_nan(v) && !is_nan(best))) {
-                best = v;
-                arg = j;
-              }
-            }
-          }
-          node_max[b * Na + i] = scalar_t(best);
-          node_idx[b * Na + i] = arg;
-        }
+        for (int64_t q = q0; q < q1; ++q) row_max(b, i0 + q, sp + q * Nb);
       });
     }
+  }
   }
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<std::pair<scalar_t, int64_t>> node(Na);

@@ -117,14 +117,13 @@ Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, con
   char* bp = static_cast<char*>(buf.mutable_data_ptr());
   for (int64_t k = 0; k < nblk; ++k) {  // blocks in turn: at::mm threads itself (no GEMM inside parallel_for)
     const int64_t r0 = k * kRowBlock, n = std::min(kRowBlock, rows - r0);
-    at::parallel_for(0, n, 16, [&](int64_t a0, int64_t a1) {
-      for (int64_t rr = a0; rr < a1; ++rr) {
-        const int64_t bq = r0 + rr, b = bq / Q, q = bq % Q;
-        for (int64_t sub = 0; sub < s * s; ++sub)
-          std::memcpy(bp + (rr * K + sub * D) * es, sp + ((b * Q * s * s + fine_token(q, sub, w, s)) * D) * es,
-                      D * es);
-      }
-    });
+    // the gather is a few MB of memcpy: serial (alternating OpenMP regions with BLAS threads costs more)
+    for (int64_t rr = 0; rr < n; ++rr) {
+      const int64_t bq = r0 + rr, b = bq / Q, q = bq % Q;
+      for (int64_t sub = 0; sub < s * s; ++sub)
+        std::memcpy(bp + (rr * K + sub * D) * es, sp + ((b * Q * s * s + fine_token(q, sub, w, s)) * D) * es,
+                    D * es);
+    }
     Tensor out = y2.narrow(0, r0, n);
     const Tensor a = buf.narrow(0, 0, n);
     if (has_bias) at::addmm_out(out, *bias_, a, wt);
@@ -160,14 +159,12 @@ Tensor linear_unshuffle_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, c
     Tensor out = buf.narrow(0, 0, n);
     if (has_bias) at::addmm_out(out, *bias_, x2.narrow(0, r0, n), wt);
     else at::mm_out(out, x2.narrow(0, r0, n), wt);
-    at::parallel_for(0, n, 16, [&](int64_t a0, int64_t a1) {
-      for (int64_t rr = a0; rr < a1; ++rr) {
-        const int64_t bq = r0 + rr, b = bq / Q, q = bq % Q;
-        for (int64_t sub = 0; sub < s * s; ++sub)
-          std::memcpy(yp + ((b * Q * s * s + fine_token(q, sub, w, s)) * D) * es, bp + (rr * N + sub * D) * es,
-                      D * es);
-      }
-    });
+    for (int64_t rr = 0; rr < n; ++rr) {
+      const int64_t bq = r0 + rr, b = bq / Q, q = bq % Q;
+      for (int64_t sub = 0; sub < s * s; ++sub)
+        std::memcpy(yp + ((b * Q * s * s + fine_token(q, sub, w, s)) * D) * es, bp + (rr * N + sub * D) * es,
+                    D * es);
+    }
   }
   return y;
 }
