@@ -79,11 +79,14 @@ def test_fused_linear_vs_reference(dtype, bias, grid):
 
 
 def test_fused_linear_many_blocks():
-    # more rows than one CPU block (256 rows) and an uneven tail
-    h, w, s, D, N = 20, 15, 2, 4, 8
+    # more than one CPU block (8 MiB of gathered rows: 512 rows of 2048 float64 features) and an uneven tail
+    h, w, s, D, N = 20, 30, 2, 512, 8
     x = torch.randn(1, h * s * w * s, D, generator=_gen(3), dtype=torch.float64)
     wt = torch.randn(N, s * s * D, generator=_gen(4), dtype=torch.float64)
     torch.testing.assert_close(S.shuffle_linear(x, h, w, s, wt), R.shuffle_linear(x, h, w, s, wt))
+    y = torch.randn(1, h * w, N, generator=_gen(5), dtype=torch.float64)
+    torch.testing.assert_close(S.linear_unshuffle(y, h, w, s, wt.t().contiguous()),
+                               R.linear_unshuffle(y, h, w, s, wt.t().contiguous()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

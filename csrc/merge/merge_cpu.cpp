@@ -54,9 +54,10 @@ struct AscByKey {
 // matching
 // ---------------------------------------------------------------------------------------------------------
 // Normalized metric rows (rounded to scalar_t like the reference's metric / norm) in an acc_t buffer [B, T, C];
-// scores a . b^T are produced in tiles of kTileRows source rows by at::mm into a [kTileRows, Nb] scratch buffer
-// (never the [Na, Nb] matrix), reduced to row max/argmax; then each batch's rows are ordered by std::sort.
-constexpr int64_t kTileRows = 128;
+// scores a . b^T are produced in tiles of source rows by at::mm into a scratch buffer of at most kScratchBytes
+// (never the [Na, Nb] matrix when it is larger), reduced to row max/argmax; then each batch's rows are ordered by
+// std::sort. Tiles are large because every BLAS call wakes its thread pool, which is costly on a loaded machine.
+constexpr int64_t kScratchBytes = int64_t(8) << 20;
 
 template <typename scalar_t>
 void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const int64_t* bpos, int64_t Na,
@@ -126,7 +127,8 @@ void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const i
       }
     });
   } else {
-  // large problems (tomesd): source-row tiles through at::mm (BLAS threads itself), scratch [kTileRows, Nb]
+  // large problems (tomesd): source-row tiles through at::mm (BLAS threads itself), scratch <= kScratchBytes
+  const int64_t kTileRows = std::max<int64_t>(16, kScratchBytes / int64_t(sizeof(acc_t)) / std::max<int64_t>(Nb, 1));
   Tensor scratch = at::empty({std::min(kTileRows, std::max<int64_t>(Na, 1)), std::max<int64_t>(Nb, 1)}, aopts);
   for (int64_t b = 0; b < B; ++b) {
     Tensor nb_ = normed[b];

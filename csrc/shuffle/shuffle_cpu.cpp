@@ -95,9 +95,11 @@ void check_linear(const Tensor& x, const Tensor& weight, const c10::optional<Ten
   }
 }
 
-constexpr int64_t kRowBlock = 512;
+// Row blocks of at most kBufferBytes: large, since every BLAS call wakes its thread pool (costly when loaded).
+constexpr int64_t kBufferBytes = int64_t(8) << 20;
+inline int64_t row_block(int64_t width, int64_t es) { return std::max<int64_t>(64, kBufferBytes / (width * es + 1)); }
 
-// y = shuffle(x) @ weight^T + bias, gathering kRowBlock coarse rows at a time.
+// y = shuffle(x) @ weight^T + bias, gathering a block of coarse rows at a time.
 Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, const Tensor& weight_,
                           const c10::optional<Tensor>& bias_) {
   check_grid(h, w, s);
@@ -109,6 +111,7 @@ Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, con
   const bool has_bias = bias_.has_value() && bias_->defined();
   const int64_t N = weight_.size(0);
   Tensor y = at::empty({B, Q, N}, x.options());
+  const int64_t kRowBlock = row_block(K, x_.element_size());
   const int64_t rows = B * Q, nblk = (rows + kRowBlock - 1) / kRowBlock;
   Tensor y2 = y.view({rows, N});
   Tensor buf = at::empty({std::min(kRowBlock, rows), K}, x.options());
@@ -148,6 +151,7 @@ Tensor linear_unshuffle_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, c
   const Tensor wt = weight_.t();
   const bool has_bias = bias_.has_value() && bias_->defined();
   Tensor y = at::empty({B, Q * s * s, D}, x.options());
+  const int64_t kRowBlock = row_block(N, x_.element_size());
   const int64_t rows = B * Q, nblk = (rows + kRowBlock - 1) / kRowBlock;
   const Tensor x2 = x.view({rows, Kin});
   Tensor buf = at::empty({std::min(kRowBlock, rows), N}, x.options());
