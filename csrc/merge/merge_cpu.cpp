@@ -105,7 +105,8 @@ void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const i
     node_idx[b * Na + i] = arg;
   };
   if (Na * Nb * C <= (int64_t(1) << 22)) {
-    // small problems (a ViT layer): one task per batch, scores one source row at a time into a [Nb] row
+    // small problems (a ViT layer): one task per batch (no BLAS call inside a parallel region), scores one
+    // source row at a time into an [Nb] row: axpy over the channels of a transposed copy of b, c in order
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<acc_t> bt(C * Nb), srow(Nb);
       for (int64_t b = b0; b < b1; ++b) {
