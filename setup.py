@@ -132,8 +132,10 @@ ext = Ext(
 )
 
 setup(
-    packages=find_packages(include=["imtok_cuda", "imtok_cuda.*"]) + find_packages("python"),
-    package_dir={"imtok": "python/imtok"},
+    packages=find_packages(include=["imtok_cuda", "imtok_cuda.*"])
+    + ["imtok." + p if p else "imtok" for p in [""] + find_packages("python/imtok")]
+    + ["imtok_benchmarks"],
+    package_dir={"imtok": "python/imtok", "imtok_benchmarks": "benchmarks"},
     package_data={"imtok_cuda": ["_build_info.json"]},
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -14,6 +14,12 @@ void define_schemas(torch::Library& m) {
   m.def("vq_nearest(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor distances, Tensor indices)");
   m.def("vq_nearest_topk(Tensor x, Tensor codebook, int k, str metric=\"l2\") -> (Tensor distances, Tensor indices)");
   // ---- vq: quantizers (EMA, FSQ, LFQ, binary) ---------------------------------------------------------
+  m.def("vq_fsq(Tensor z, int[] levels) -> (Tensor codes, Tensor indices)");
+  m.def("vq_fsq_backward(Tensor grad_codes, Tensor z, int[] levels) -> Tensor");
+  m.def("vq_fsq_indices_to_codes(Tensor indices, int[] levels) -> Tensor");
+  m.def("vq_lfq(Tensor x, float value=1.0) -> (Tensor quantized, Tensor indices)");
+  m.def("vq_code_counts(Tensor indices, int K) -> Tensor");
+  m.def("vq_ema_stats(Tensor x, Tensor indices, int K) -> (Tensor counts, Tensor sums)");
 
   // ---- splat ------------------------------------------------------------------------------------------
 
@@ -38,8 +44,35 @@ void define_schemas(torch::Library& m) {
   m.def("merge_unmerge(Tensor y, Tensor src_idx, Tensor dst_idx, Tensor unm_idx, Tensor? a_idx=None, Tensor? b_idx=None) -> Tensor");
 
   // ---- prune ------------------------------------------------------------------------------------------
+  // EViT: [cls, top-left tokens by CLS attention (descending), fused = sum of the rest weighted by their score]
+  m.def("prune_evit_keep_fuse(Tensor x, Tensor cls_attn, int left, bool fuse=True) -> (Tensor out, Tensor kept_idx)");
+  m.def("prune_evit_keep_fuse_backward(Tensor grad_out, Tensor x, Tensor cls_attn, Tensor kept_idx, bool fuse) -> (Tensor grad_x, Tensor grad_cls_attn)");
+  // FasterVLM: top-k mask keeping spatial order; kept tokens of every row packed with cu_seqlens
+  m.def("prune_topk_mask(Tensor scores, int k) -> Tensor mask");
+  m.def("prune_gather_packed(Tensor x, Tensor mask) -> (Tensor packed, Tensor cu_seqlens)");
+  // CLS-row attention averaged over heads, from q and k (a per-head GEMV + softmax; no attention map)
+  m.def("prune_cls_attn(Tensor q, Tensor k, float scale) -> Tensor");
+  // GTP-ViT: normalized graph over the image tokens as neighbour lists; propagation; G <- G[kept, kept]
+  m.def("prune_gtp_graph(Tensor x, str graph_type=\"spatial\", int num_neighbours=8) -> (Tensor nbr_idx, Tensor nbr_w)");
+  m.def("prune_gtp_propagate(Tensor x, Tensor kept_idx, Tensor prop_idx, Tensor nbr_idx, Tensor nbr_w, float alpha) -> Tensor");
+  m.def("prune_gtp_propagate_backward(Tensor grad_out, Tensor kept_idx, Tensor prop_idx, Tensor nbr_idx, Tensor nbr_w, float alpha, int num_tokens) -> Tensor");
+  m.def("prune_gtp_graph_select(Tensor nbr_idx, Tensor nbr_w, Tensor kept_idx) -> (Tensor nbr_idx, Tensor nbr_w)");
 
   // ---- attention --------------------------------------------------------------------------------------
+  // Softmax attention with key bias / key keep-mask / causal (bottom-right) / packed sequences (cu_seqlens) and
+  // side outputs computed from the LSE without an Nq x Nk matrix. lse is always returned (backward needs it);
+  // cls_attn / col_sum are [B, H, Nk] when requested, empty otherwise. lse, cls_attn, col_sum are float32
+  // (float64 for float64 inputs). col_sum_end = -1: up to the last query.
+  m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_bias=None, Tensor? key_mask=None, "
+        "bool causal=False, float? scale=None, bool return_cls_attn=False, bool return_col_sum=False, "
+        "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None) "
+        "-> (Tensor out, Tensor lse, Tensor cls_attn, Tensor col_sum)");
+  // Gradients of out (and of lse when grad_lse is given) w.r.t. q, k, v and key_bias (empty unless
+  // need_bias_grad). Deterministic: no atomics, fixed reduction order.
+  m.def("attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, Tensor? key_bias=None, Tensor? key_mask=None, bool causal=False, float? scale=None, "
+        "Tensor? cu_seqlens=None, bool need_bias_grad=False) "
+        "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)");
 
 }
 

@@ -26,7 +26,7 @@
 #define IMTOK_CURRENT_STREAM() (c10::cuda::getCurrentCUDAStream().stream())
 #define IMTOK_LAUNCH(kernel, grid, block, smem, stream, ...)                        \
   do {                                                                              \
-    const dim3 imtok_grid_(grid);                                                   \
+    const dim3 imtok_grid_ = dim3(grid); /* not dim3 g(grid): most vexing parse */ \
     if (imtok_grid_.x == 0 || imtok_grid_.y == 0 || imtok_grid_.z == 0) break;      \
     kernel<<<imtok_grid_, (block), (smem), (stream)>>>(__VA_ARGS__);                \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                 \

@@ -4,13 +4,17 @@
 // seeing its own threadIdx/blockIdx. __syncthreads is a real barrier, warps are groups of 32 consecutive
 // threads with their own barrier for shuffles/ballots/__syncwarp, atomics are real atomics. Shared memory
 // goes through IMTOK_SHARED_ARRAY / IMTOK_DYNAMIC_SHARED and is bounds-checked; dynamic shared memory is
-// poisoned at block start. Errors the shim detects (out-of-bounds shared memory, a thread exiting while
-// others wait at a barrier, threads at different __syncthreads sites, partial warp masks) abort the launch
-// and surface as a RuntimeError from the op. Anything the shim does not implement fails to compile.
+// poisoned at block start. Errors the shim detects abort the launch and surface as a RuntimeError from the
+// op: out-of-bounds shared memory, a thread exiting while others wait at a barrier, threads at different
+// __syncthreads sites, partial warp masks, and data races on shared memory. Anything the shim does not
+// implement fails to compile.
 //
-// ThreadSanitizer: build with CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread" IMTOK_EMULATE_CUDA=1
-// and run the emulated tests with LD_PRELOAD=$(gcc -print-file-name=libtsan.so): a missing __syncthreads
-// between a shared-memory write and a read by another thread shows up as a data race.
+// Race detection is deterministic (it does not depend on how the OS schedules the threads): every shared
+// element of an arithmetic type remembers its last writer and readers with the barrier interval they
+// accessed it in; two accesses by different threads, at least one a write, in the same interval (no
+// __syncthreads between them, and no warp synchronization when both threads are in one warp) are a race.
+// ThreadSanitizer also works: build with CFLAGS=-fsanitize=thread LDFLAGS=-fsanitize=thread
+// IMTOK_EMULATE_CUDA=1 and run the tests with LD_PRELOAD=$(gcc -print-file-name=libtsan.so).
 #pragma once
 
 #include <atomic>
@@ -54,6 +58,18 @@ constexpr int warpSize = 32;
 namespace imtok_emu {
 
 struct EmuAbort {};  // thrown in worker threads to unwind after an error was recorded
+
+// Per-element record of the last write and the reads since, for the race detector. Epochs: the block epoch
+// is (block serial << 32) + number of __syncthreads passed in the block; the warp epoch counts warp
+// synchronizations (shuffles, ballots, __syncwarp) passed. Thread ids are stored +1 (0 = none).
+struct Shadow {
+  int32_t writer;
+  int32_t reader;       // -1: several readers
+  int32_t reader_warp;  // warp of the readers, -1 when they span warps
+  uint64_t w_block, w_warp, r_block, r_warp;
+};
+inline thread_local uint64_t tl_block_epoch = 0;
+inline thread_local uint64_t tl_warp_epoch = 0;
 
 class LaunchState;
 LaunchState*& current_launch();
@@ -107,6 +123,7 @@ class LaunchState {
     }
     block_barrier_.reset(nthreads_);
     dynamic_smem_.resize(smem ? smem : 1);
+    dynamic_shadow_.assign(dynamic_smem_.size(), Shadow{});
   }
   void fail(const std::string& msg) {
     {
@@ -126,7 +143,14 @@ class LaunchState {
   int nwarps() const { return nwarps_; }
   unsigned char* dynamic_smem() { return dynamic_smem_.data(); }
   size_t smem_bytes() const { return smem_bytes_; }
+  Shadow* dynamic_shadow() { return dynamic_shadow_.data(); }
+  std::mutex& shadow_mutex() { return shadow_m_; }
+  static uint64_t& block_serial() {
+    static uint64_t serial = 0;  // grows across launches, so records of earlier blocks never conflict
+    return serial;
+  }
   void start_block() {  // called by one thread while all others wait
+    ++block_serial();
     block_barrier_.reset(nthreads_);
     for (int w = 0; w < nwarps_; ++w) warps_[w].barrier.reset(warps_[w].active);
     std::memset(dynamic_smem_.data(), 0xFF, dynamic_smem_.size());
@@ -141,6 +165,8 @@ class LaunchState {
   std::unique_ptr<Warp[]> warps_;
   Barrier block_barrier_;
   std::vector<unsigned char> dynamic_smem_;
+  std::vector<Shadow> dynamic_shadow_;
+  std::mutex shadow_m_;
   std::mutex err_m_;
   std::atomic<bool> aborted_{false};
   std::string error_;
@@ -250,6 +276,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem, Kernel kernel,
       const int warp = static_cast<int>(t / 32);
       for (uint64_t b = 0; b < nblocks; ++b) {
         blockIdx = uint3{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
+        tl_block_epoch = LaunchState::block_serial() << 32;
         if (!state.aborted()) {
           try {
             kernel(args...);
@@ -273,13 +300,89 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem, Kernel kernel,
 }
 
 // ---- shared memory -------------------------------------------------------------------------------
+[[noreturn]] inline void race(const char* kind, int other, int me) {
+  fail(std::string("data race on shared memory: ") + kind + " by threads " + std::to_string(other) + " and " +
+       std::to_string(me) + " with no __syncthreads (or warp synchronization) between them");
+}
+
+// Is an access by thread `tid` (ids +1) at epochs (b, w) ordered before the current thread's access?
+inline bool ordered_before(int32_t tid1, uint64_t b, uint64_t w) {
+  if (b < tl_block_epoch) return true;
+  return ((tid1 - 1) >> 5) == (tl_linear_tid >> 5) && w < tl_warp_epoch;
+}
+
+inline void on_read(Shadow* sh) {
+  std::lock_guard<std::mutex> lk(current_launch()->shadow_mutex());
+  const int32_t me1 = tl_linear_tid + 1;
+  if (sh->writer && sh->writer != me1 && !ordered_before(sh->writer, sh->w_block, sh->w_warp))
+    race("write then read", sh->writer - 1, tl_linear_tid);
+  const int32_t warp = tl_linear_tid >> 5;
+  if (sh->reader == 0 || sh->reader == me1 || ordered_before(sh->reader, sh->r_block, sh->r_warp)) {
+    sh->reader = me1;
+    sh->reader_warp = warp;
+  } else {
+    sh->reader = -1;
+    if (sh->reader_warp != warp) sh->reader_warp = -1;
+  }
+  sh->r_block = tl_block_epoch;
+  sh->r_warp = tl_warp_epoch;
+}
+
+inline void on_write(Shadow* sh) {
+  std::lock_guard<std::mutex> lk(current_launch()->shadow_mutex());
+  const int32_t me1 = tl_linear_tid + 1;
+  if (sh->writer && sh->writer != me1 && !ordered_before(sh->writer, sh->w_block, sh->w_warp))
+    race("write then write", sh->writer - 1, tl_linear_tid);
+  if (sh->reader > 0 && sh->reader != me1 && !ordered_before(sh->reader, sh->r_block, sh->r_warp))
+    race("read then write", sh->reader - 1, tl_linear_tid);
+  if (sh->reader == -1 && !(sh->r_block < tl_block_epoch ||
+                            (sh->reader_warp == (tl_linear_tid >> 5) && sh->r_warp < tl_warp_epoch)))
+    race("reads then write", -1, tl_linear_tid);
+  *sh = Shadow{me1, 0, 0, tl_block_epoch, tl_warp_epoch, 0, 0};
+}
+
+// What `smem[i]` yields for arithmetic element types: reads and writes are recorded for the race detector.
+template <typename T>
+struct SharedRef {
+  T* p;
+  Shadow* sh;
+  operator T() const {
+    on_read(sh);
+    return *p;
+  }
+  const SharedRef& operator=(const T& v) const {
+    on_write(sh);
+    *p = v;
+    return *this;
+  }
+  const SharedRef& operator=(const SharedRef& o) const { return *this = static_cast<T>(o); }
+  template <typename U> const SharedRef& operator+=(const U& v) const { return *this = T(static_cast<T>(*this) + v); }
+  template <typename U> const SharedRef& operator-=(const U& v) const { return *this = T(static_cast<T>(*this) - v); }
+  template <typename U> const SharedRef& operator*=(const U& v) const { return *this = T(static_cast<T>(*this) * v); }
+  template <typename U> const SharedRef& operator/=(const U& v) const { return *this = T(static_cast<T>(*this) / v); }
+  template <typename U> const SharedRef& operator|=(const U& v) const { return *this = T(static_cast<T>(*this) | v); }
+  template <typename U> const SharedRef& operator&=(const U& v) const { return *this = T(static_cast<T>(*this) & v); }
+  T* operator&() const { return p; }  // for atomics on shared memory (not race-checked: they are atomic)
+};
+// imtok_min / imtok_max found by argument-dependent lookup when an operand is a shared-memory element
+template <typename T> T imtok_min(const SharedRef<T>& a, const T& b) { const T x = a; return b < x ? b : x; }
+template <typename T> T imtok_min(const T& a, const SharedRef<T>& b) { const T y = b; return y < a ? y : a; }
+template <typename T> T imtok_min(const SharedRef<T>& a, const SharedRef<T>& b) { const T x = a, y = b; return y < x ? y : x; }
+template <typename T> T imtok_max(const SharedRef<T>& a, const T& b) { const T x = a; return x < b ? b : x; }
+template <typename T> T imtok_max(const T& a, const SharedRef<T>& b) { const T y = b; return a < y ? y : a; }
+template <typename T> T imtok_max(const SharedRef<T>& a, const SharedRef<T>& b) { const T x = a, y = b; return x < y ? y : x; }
+
 template <typename T, size_t N>
 struct SharedArray {
   T data[N];
-  T& operator[](int64_t i) {
+  Shadow shadow[N];
+  decltype(auto) operator[](int64_t i) {
     if (i < 0 || static_cast<size_t>(i) >= N)
       fail("shared-memory index " + std::to_string(i) + " out of bounds [0, " + std::to_string(N) + ")");
-    return data[i];
+    if constexpr (std::is_arithmetic<T>::value)
+      return SharedRef<T>{&data[i], &shadow[i]};
+    else
+      return (data[i]);
   }
 };
 
@@ -287,26 +390,32 @@ template <typename T>
 struct SharedSpan {
   T* ptr;
   int64_t n;
-  T& operator[](int64_t i) const {
+  unsigned char* base;  // start of the block's dynamic shared memory: shadows are indexed by byte offset
+  Shadow* shadow;
+  decltype(auto) operator[](int64_t i) const {
     if (i < 0 || i >= n)
       fail("dynamic shared-memory index " + std::to_string(i) + " out of bounds [0, " + std::to_string(n) + ")");
-    return ptr[i];
+    if constexpr (std::is_arithmetic<T>::value)
+      return SharedRef<T>{ptr + i, shadow + (reinterpret_cast<unsigned char*>(ptr + i) - base)};
+    else
+      return (ptr[i]);
   }
   SharedSpan operator+(int64_t off) const {
     if (off < 0 || off > n)
       fail("dynamic shared-memory offset " + std::to_string(off) + " out of bounds [0, " + std::to_string(n) + "]");
-    return SharedSpan{ptr + off, n - off};
+    return SharedSpan{ptr + off, n - off, base, shadow};
   }
   template <typename U>
   SharedSpan<U> as() const {  // reinterpret the rest of the buffer as another type
-    return SharedSpan<U>{reinterpret_cast<U*>(ptr), static_cast<int64_t>(n * sizeof(T) / sizeof(U))};
+    return SharedSpan<U>{reinterpret_cast<U*>(ptr), static_cast<int64_t>(n * sizeof(T) / sizeof(U)), base, shadow};
   }
 };
 
 template <typename T>
 SharedSpan<T> dynamic_shared() {
   LaunchState* st = current_launch();
-  return SharedSpan<T>{reinterpret_cast<T*>(st->dynamic_smem()), static_cast<int64_t>(st->smem_bytes() / sizeof(T))};
+  return SharedSpan<T>{reinterpret_cast<T*>(st->dynamic_smem()), static_cast<int64_t>(st->smem_bytes() / sizeof(T)),
+                       st->dynamic_smem(), st->dynamic_shadow()};
 }
 
 // ---- warps --------------------------------------------------------------------------------------
@@ -341,6 +450,7 @@ T shuffle_from(unsigned mask, T v, int src, const char* what, const char* file, 
   if (src < 0 || src >= w.active) src = lane_id();  // reading an inactive lane: undefined on a GPU; keep own
   const uint64_t r = w.slots[src];
   w.barrier.wait(what, file, line);
+  ++tl_warp_epoch;
   return from_bits<T>(r);
 }
 inline unsigned ballot(unsigned mask, bool pred, const char* what, const char* file, int line) {
@@ -351,6 +461,7 @@ inline unsigned ballot(unsigned mask, bool pred, const char* what, const char* f
   unsigned r = 0;
   for (int l = 0; l < w.active; ++l) r |= (w.slots[l] ? 1u : 0u) << l;
   w.barrier.wait(what, file, line);
+  ++tl_warp_epoch;
   return r;
 }
 
@@ -375,10 +486,19 @@ T atomic_update(T* addr, F f) {
 }  // namespace imtok_emu
 
 // ---- the CUDA names kernels use -------------------------------------------------------------------
-#define __syncthreads() \
-  imtok_emu::current_launch()->block_barrier().wait("__syncthreads", __FILE__, __LINE__)
-#define __syncwarp(mask) \
-  (imtok_emu::check_mask((mask), "__syncwarp"), imtok_emu::my_warp().barrier.wait("__syncwarp", __FILE__, __LINE__))
+namespace imtok_emu {
+inline void syncthreads(const char* file, int line) {
+  current_launch()->block_barrier().wait("__syncthreads", file, line);
+  ++tl_block_epoch;
+}
+inline void syncwarp(unsigned mask, const char* file, int line) {
+  check_mask(mask, "__syncwarp");
+  my_warp().barrier.wait("__syncwarp", file, line);
+  ++tl_warp_epoch;
+}
+}  // namespace imtok_emu
+#define __syncthreads() imtok_emu::syncthreads(__FILE__, __LINE__)
+#define __syncwarp(mask) imtok_emu::syncwarp((mask), __FILE__, __LINE__)
 #define __shfl_sync(mask, v, src) \
   imtok_emu::shuffle_from((mask), (v), (int(src) & 31), "__shfl_sync", __FILE__, __LINE__)
 #define __shfl_xor_sync(mask, v, lm) \

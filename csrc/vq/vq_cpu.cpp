@@ -8,10 +8,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -32,6 +35,9 @@ namespace {
 constexpr int kLanes = 16;     // codes per register block
 constexpr int kRowGroup = 4;   // rows per register block
 constexpr int kRowBlock = 64;  // rows per task
+constexpr int64_t kGemmMinD = 48;   // from here on a BLAS tile beats the register kernel (measured, see README)
+constexpr int64_t kGemmRows = 256;  // GEMM tile: 256 rows x 2048 codes (2 MiB fp32), reused for every block
+constexpr int64_t kGemmCodes = 2048;
 
 template <typename acc_t>
 struct PackedCodebook {
@@ -71,25 +77,82 @@ PackedCodebook<acc_t> pack_codebook(const at::Tensor& codebook, int metric) {
 }
 
 // out[r][l] = (xn[r] + en[k0 + l]) - 2 x_r . e_{k0 + l}  for 4 rows and kc (multiple of 16) codes.
+// GCC vector extensions (32-byte vectors) keep the 4 x 16 accumulators in registers; they lower to AVX2/FMA
+// in the haswell clone and to pairs of SSE ops in the default one.
 template <typename acc_t>
 IMTOK_SIMD_CLONES void distance_tile(const acc_t* __restrict__ x, const acc_t* __restrict__ xn,
                                      const acc_t* __restrict__ cbT, const acc_t* __restrict__ en, int64_t D,
                                      int64_t Kpad, int64_t k0, int64_t kc, acc_t* __restrict__ out) {
+  typedef acc_t V __attribute__((vector_size(32)));
+  typedef acc_t VU __attribute__((vector_size(32), aligned(sizeof(acc_t)), may_alias));  // unaligned access
+  constexpr int W = 32 / sizeof(acc_t);
+  constexpr int NV = kLanes / W;
+  auto splat = [](acc_t s) {
+    V v;
+    for (int i = 0; i < W; ++i) v[i] = s;
+    return v;
+  };
   for (int64_t kb = 0; kb < kc; kb += kLanes) {
-    acc_t acc[kRowGroup][kLanes];
+    V acc[kRowGroup][NV];
     for (int r = 0; r < kRowGroup; ++r)
-      for (int l = 0; l < kLanes; ++l) acc[r][l] = 0;
+      for (int v = 0; v < NV; ++v) acc[r][v] = splat(acc_t(0));
     const acc_t* c = cbT + k0 + kb;
     for (int64_t d = 0; d < D; ++d) {
-      const acc_t* cd = c + d * Kpad;
+      V cv[NV];
+      for (int v = 0; v < NV; ++v) cv[v] = *reinterpret_cast<const VU*>(c + d * Kpad + v * W);
       for (int r = 0; r < kRowGroup; ++r) {
-        const acc_t xv = x[r * D + d];
-        for (int l = 0; l < kLanes; ++l) acc[r][l] += xv * cd[l];
+        const V xv = splat(x[r * D + d]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += xv * cv[v];
       }
     }
-    for (int r = 0; r < kRowGroup; ++r)
-      for (int l = 0; l < kLanes; ++l) out[r * kc + kb + l] = (xn[r] + en[k0 + kb + l]) - acc_t(2) * acc[r][l];
+    for (int r = 0; r < kRowGroup; ++r) {
+      const V xr = splat(xn[r]);
+      for (int v = 0; v < NV; ++v) {
+        const V ev = *reinterpret_cast<const VU*>(en + k0 + kb + v * W);
+        *reinterpret_cast<VU*>(out + r * kc + kb + v * W) = (xr + ev) - splat(acc_t(2)) * acc[r][v];
+      }
+    }
   }
+}
+
+// Folds n distances (codes k0, k0+1, ...) into the running (best, bi): per-lane minima with their first
+// index in vector registers, then a lane reduction with the same order as `closer` (first NaN, else the
+// smallest value, else the lowest index).
+template <typename acc_t>
+IMTOK_SIMD_CLONES void fold_nearest(const acc_t* __restrict__ d, int64_t n, int64_t k0, acc_t& best, int64_t& bi) {
+  typedef acc_t V __attribute__((vector_size(32)));
+  typedef acc_t VU __attribute__((vector_size(32), aligned(sizeof(acc_t)), may_alias));
+  using I = std::conditional_t<sizeof(acc_t) == 4, int32_t, int64_t>;
+  typedef I VI __attribute__((vector_size(32)));
+  constexpr int W = 32 / sizeof(acc_t);
+  const int64_t nv = n / W * W;
+  if (nv > 0) {
+    V vbest;
+    VI vidx, cur;
+    for (int i = 0; i < W; ++i) {
+      vbest[i] = d[i];
+      vidx[i] = static_cast<I>(i);
+      cur[i] = static_cast<I>(i);
+    }
+    for (int64_t l = W; l < nv; l += W) {
+      cur += static_cast<I>(W);
+      const V v = *reinterpret_cast<const VU*>(d + l);
+      // take v where it is smaller, or where it is the lane's first NaN
+      const VI take = (v < vbest) | ((v != v) & (vbest == vbest));
+      vbest = take ? v : vbest;
+      vidx = take ? cur : vidx;
+    }
+    for (int i = 0; i < W; ++i)
+      if (closer(vbest[i], k0 + static_cast<int64_t>(vidx[i]), best, bi)) {
+        best = vbest[i];
+        bi = k0 + static_cast<int64_t>(vidx[i]);
+      }
+  }
+  for (int64_t l = nv; l < n; ++l)
+    if (closer(d[l], k0 + l, best, bi)) {
+      best = d[l];
+      bi = k0 + l;
+    }
 }
 
 template <typename acc_t>
@@ -100,12 +163,55 @@ int64_t chunk_codes(const PackedCodebook<acc_t>& p) {
   return std::min(kc, p.Kpad);
 }
 
-// Runs the blocked distance computation and hands every (row, code, distance) to `fold` in code order.
-// prepare(r_global, x_row_acc, D) lets the caller record per-row facts (|x| for cosine).
+// Large D: the dot products dominate, so they go through BLAS one bounded tile at a time (x block @ codebook
+// chunk), and the distances of each tile row are folded in code order like the register path.
+template <typename scalar_t, typename acc_t, typename Init, typename Fold, typename Finish>
+void for_each_distance_gemm(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
+                            Fold fold, Finish finish) {
+  const int64_t D = p.D;
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const at::Tensor cbT = at::from_blob(const_cast<acc_t*>(p.cbT.data()), {D, p.Kpad}, at::TensorOptions(acc_type));
+  at::Tensor xb = at::empty({kGemmRows, D}, at::TensorOptions(acc_type));
+  std::vector<acc_t> xn(kGemmRows);
+  for (int64_t r0 = 0; r0 < N; r0 += kGemmRows) {
+    const int64_t rows = std::min(kGemmRows, N - r0);
+    acc_t* xbp = xb.data_ptr<acc_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) {
+        acc_t sq = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const acc_t v = static_cast<acc_t>(x[(r0 + r) * D + d]);
+          xbp[r * D + d] = v;
+          sq += v * v;
+        }
+        xn[r] = metric == kCosine ? acc_t(0) : sq;
+        init(r0 + r, sq);
+      }
+    });
+    const at::Tensor xrows = xb.narrow(0, 0, rows);
+    for (int64_t k0 = 0; k0 < p.K; k0 += kGemmCodes) {
+      const int64_t kc = std::min(kGemmCodes, p.K - k0);
+      const at::Tensor dots = at::mm(xrows, cbT.narrow(1, k0, kc));  // [rows, kc], BLAS threads
+      const acc_t* dp = dots.data_ptr<acc_t>();
+      at::parallel_for(0, rows, 8, [&](int64_t a, int64_t b) {
+        std::vector<acc_t> dist(static_cast<size_t>(kc));
+        for (int64_t r = a; r < b; ++r) {
+          for (int64_t l = 0; l < kc; ++l) dist[l] = (xn[r] + p.en[k0 + l]) - acc_t(2) * dp[r * kc + l];
+          fold(r0 + r, dist.data(), k0, kc);
+        }
+      });
+    }
+    for (int64_t r = 0; r < rows; ++r) finish(r0 + r);
+  }
+}
+
+// Runs the blocked distance computation and hands every (row, code, distance) to `fold` in code order;
+// init(row, |x|^2) before a row's first code, finish(row) after its last.
 template <typename scalar_t, typename acc_t, typename Init, typename Fold, typename Finish>
 void for_each_distance(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
                        Fold fold, Finish finish) {
   const int64_t D = p.D;
+  if (D >= kGemmMinD) return for_each_distance_gemm<scalar_t, acc_t>(x, N, p, metric, init, fold, finish);
   const int64_t kc_max = chunk_codes(p);
   at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> xbuf(static_cast<size_t>(kRowBlock * std::max<int64_t>(D, 1)), acc_t(0));
@@ -173,25 +279,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at:
           dist[r] = std::numeric_limits<acc_t>::infinity();
           if (metric == kCosine) sq_norm[r] = sq;
         },
-        [&](int64_t r, const acc_t* t, int64_t k0, int64_t kvalid) {
-          acc_t best = dist[r];
-          int64_t bi = idx[r];
-          bool best_nan = best != best;
-          if (best_nan) return;  // the first NaN wins and nothing beats it
-          for (int64_t l = 0; l < kvalid; ++l) {
-            const acc_t d = t[l];
-            if (d < best) {
-              best = d;
-              bi = k0 + l;
-            } else if (d != d) {
-              best = d;
-              bi = k0 + l;
-              break;
-            }
-          }
-          dist[r] = best;
-          idx[r] = bi;
-        },
+        [&](int64_t r, const acc_t* t, int64_t k0, int64_t kvalid) { fold_nearest(t, kvalid, k0, dist[r], idx[r]); },
         [&](int64_t r) {
           if (metric == kCosine) dist[r] = output_distance(dist[r], sq_norm[r], metric);
         });

@@ -1,0 +1,261 @@
+"""Token pruning ops: EViT keep-and-fuse, GTP-ViT graph propagation, FasterVLM top-k mask + packed gather.
+
+Every op equals its reference in ``imtok_cuda.reference.prune`` (the official code's conventions, row order
+included) and has a CPU and a CUDA kernel:
+
+    evit_keep_fuse(x, cls_attn, left)        [cls, top-left tokens by CLS attention (descending), fused token]
+    gtp_graph(x, graph_type, K)              normalized spatial / semantic / mixed graph as neighbour lists
+    gtp_propagate(x, kept, prop, graph, a)   x_kept += a * G[kept, prop] @ x_prop over the neighbour lists,
+                                             G <- G[kept, kept], token_scales updated the same way
+    gtp_select(attn, num_prop)               MixedAttnMax rank + argsort (plain PyTorch)
+    cls_attn(q, k, scale)                    CLS-row attention over heads from q, k (no attention map)
+    topk_mask(scores, k)                     boolean mask of the k highest scores (kept tokens keep spatial order)
+    gather_packed(x, mask)                   kept tokens of every row packed [total, C] + cu_seqlens int32 [B + 1]
+
+Sparse graph format: ``nbr_idx [B, M, K]`` int64 lists the columns j with G[r, j] != 0 for image token r
+(M = N - 1 image tokens, CLS excluded; -1 = empty slot), ``nbr_w [B, M, K]`` the weights (0 in empty slots).
+"""
+import math
+
+import torch
+
+from . import _loader  # noqa: F401  (loads the extension)
+
+__all__ = [
+    "evit_left_tokens", "evit_cls_attn", "evit_keep_fuse",
+    "gtp_graph", "gtp_rank", "gtp_select", "gtp_propagate", "gtp_graph_select",
+    "cls_attn", "topk_mask", "gather_packed", "fastervlm_prune",
+]
+
+_ops = torch.ops.imtok_cuda
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_float(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError("%s must be a tensor, got %s" % (name, type(t).__name__))
+    if t.dtype not in _FLOATS:
+        raise TypeError("%s must be float16, bfloat16, float32 or float64, got %s" % (name, t.dtype))
+
+
+def _check_dim(t, d, name):
+    if t.dim() != d:
+        raise ValueError("%s must have %d dimensions, got shape %s" % (name, d, tuple(t.shape)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EViT
+# ---------------------------------------------------------------------------------------------------------------
+def evit_left_tokens(num_tokens, keep_rate):
+    """Kept tokens at an EViT pruning layer: ceil(keep_rate * (N - 1)); N counts CLS and an earlier fused token."""
+    return math.ceil(keep_rate * (num_tokens - 1))
+
+
+def evit_cls_attn(attn):
+    """attn [B, H, N, N] -> CLS-row attention to the other tokens averaged over heads [B, N-1] (not renormalized)."""
+    return attn[:, :, 0, 1:].mean(dim=1)
+
+
+def evit_keep_fuse(x, cls_attn, left, fuse=True):
+    """EViT token reorganization in one kernel.
+
+    x [B, N, C] (CLS first), cls_attn [B, N-1] (same dtype), left in [1, N-1].
+    Returns (out, kept_idx): out = [cls, x[1 + kept_idx], fused] [B, left + 1 + fuse, C] with kept_idx [B, left]
+    (int64, into x[:, 1:]) in descending score order (ties: lower index first) and fused = sum over the other
+    tokens of x_i * cls_attn_i (unnormalized). left == N - 1 is EViT's no-op: (x, None).
+    Differentiable in x and cls_attn.
+    """
+    _check_float(x, "x")
+    _check_float(cls_attn, "cls_attn")
+    _check_dim(x, 3, "x")
+    _check_dim(cls_attn, 2, "cls_attn")
+    B, N, C = x.shape
+    if tuple(cls_attn.shape) != (B, N - 1):
+        raise ValueError("cls_attn must have shape %s, got %s" % ((B, N - 1), tuple(cls_attn.shape)))
+    if not isinstance(left, int) or not 1 <= left <= N - 1:
+        raise ValueError("left must be an int in [1, N - 1] = [1, %d], got %r" % (N - 1, left))
+    if left == N - 1:
+        return x, None
+    return _ops.prune_evit_keep_fuse(x, cls_attn.to(x.dtype), left, bool(fuse))
+
+
+@torch.library.register_fake("imtok_cuda::prune_evit_keep_fuse")
+def _evit_fake(x, cls_attn, left, fuse=True):
+    B, N, C = x.shape
+    return x.new_empty(B, left + 1 + int(fuse), C), x.new_empty(B, left, dtype=torch.long)
+
+
+@torch.library.register_fake("imtok_cuda::prune_evit_keep_fuse_backward")
+def _evit_bwd_fake(grad_out, x, cls_attn, kept_idx, fuse):
+    return torch.empty_like(x), torch.empty_like(cls_attn)
+
+
+def _evit_setup(ctx, inputs, output):
+    x, cls_attn, left, fuse = inputs
+    ctx.save_for_backward(x, cls_attn, output[1])
+    ctx.fuse = fuse
+    ctx.mark_non_differentiable(output[1])
+
+
+def _evit_backward(ctx, grad_out, grad_kept):
+    x, cls_attn, kept = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None
+    gx, ga = _ops.prune_evit_keep_fuse_backward(grad_out.contiguous(), x, cls_attn, kept, ctx.fuse)
+    return gx, ga, None, None
+
+
+torch.library.register_autograd("imtok_cuda::prune_evit_keep_fuse", _evit_backward, setup_context=_evit_setup)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GTP-ViT
+# ---------------------------------------------------------------------------------------------------------------
+def gtp_graph(x, graph_type="spatial", num_neighbours=8):
+    """Normalized GTP-ViT graph D^-1/2 A D^-1/2 over the image tokens of x [B, N, C] (CLS first, excluded) as
+    neighbour lists (nbr_idx [B, N-1, K] int64, nbr_w [B, N-1, K] in x's dtype).
+
+    "spatial": 8-neighbours on the sqrt(N-1) grid (K = 8); "semantic": the num_neighbours most cosine-similar
+    other tokens (K = num_neighbours <= 32), computed without the (N-1)^2 similarity matrix; "mixed": their union
+    (K = 8 + num_neighbours)."""
+    _check_float(x, "x")
+    _check_dim(x, 3, "x")
+    if graph_type not in ("spatial", "semantic", "mixed"):
+        raise ValueError("graph_type must be 'spatial', 'semantic' or 'mixed', got %r" % (graph_type,))
+    return _ops.prune_gtp_graph(x, graph_type, int(num_neighbours))
+
+
+def gtp_rank(attn):
+    """MixedAttnMax: max_h diag(attn)[1:] * max_h column_sums(attn)[1:] -> [B, N-1]."""
+    return torch.diagonal(attn, dim1=-2, dim2=-1)[:, :, 1:].amax(1) * attn[:, :, :, 1:].sum(-2).amax(1)
+
+
+def gtp_select(attn, num_prop):
+    """(kept_idx [B, N-1-P], prop_idx [B, P]) into x (CLS = 0) from the attention map: argsort(rank, descending),
+    the first N-1-P kept in rank order, the last P propagated (P = 0 keeps every token)."""
+    order = torch.argsort(gtp_rank(attn), dim=1, descending=True) + 1
+    n = order.shape[1] - num_prop
+    return order[:, :n], order[:, n:]
+
+
+def gtp_graph_select(nbr_idx, nbr_w, kept_idx):
+    """G <- G[kept, kept] on neighbour lists (kept_idx into x, 1-based): row r is the old row kept_idx[r] - 1 with
+    the columns that are kept renumbered to their new positions; the other entries are dropped."""
+    return _ops.prune_gtp_graph_select(nbr_idx, nbr_w, kept_idx)
+
+
+def gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, token_scales=None):
+    """GTP-ViT graph propagation over neighbour lists.
+
+    x [B, N, C] (CLS first); kept_idx [B, Nk], prop_idx [B, P] (int64 into x, distinct, CLS excluded);
+    (nbr_idx, nbr_w) the graph over the N - 1 image tokens. Returns
+    (x' [B, 1 + Nk, C] = [cls, x_kept + alpha * G[kept, prop] @ x_prop], (nbr_idx', nbr_w') = G[kept, kept],
+    token_scales' [B, 1 + Nk] updated the same way, or None). Differentiable in x."""
+    _check_float(x, "x")
+    _check_dim(x, 3, "x")
+    nbr_w = nbr_w.to(x.dtype)
+    out = _ops.prune_gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, float(alpha))
+    if token_scales is not None:
+        ts = _ops.prune_gtp_propagate(token_scales.to(x.dtype).unsqueeze(-1), kept_idx, prop_idx, nbr_idx, nbr_w,
+                                      float(alpha)).squeeze(-1).to(token_scales.dtype)
+    else:
+        ts = None
+    return out, _ops.prune_gtp_graph_select(nbr_idx, nbr_w, kept_idx), ts
+
+
+@torch.library.register_fake("imtok_cuda::prune_gtp_graph")
+def _gtp_graph_fake(x, graph_type="spatial", num_neighbours=8):
+    B, N, C = x.shape
+    K = {"spatial": 8, "semantic": num_neighbours, "mixed": 8 + num_neighbours}[graph_type]
+    return x.new_empty(B, N - 1, K, dtype=torch.long), x.new_empty(B, N - 1, K)
+
+
+@torch.library.register_fake("imtok_cuda::prune_gtp_propagate")
+def _gtp_prop_fake(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha):
+    return x.new_empty(x.shape[0], kept_idx.shape[1] + 1, x.shape[2])
+
+
+@torch.library.register_fake("imtok_cuda::prune_gtp_propagate_backward")
+def _gtp_prop_bwd_fake(grad_out, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, num_tokens):
+    return grad_out.new_empty(grad_out.shape[0], num_tokens, grad_out.shape[2])
+
+
+@torch.library.register_fake("imtok_cuda::prune_gtp_graph_select")
+def _gtp_select_fake(nbr_idx, nbr_w, kept_idx):
+    B, _, K = nbr_idx.shape
+    return nbr_idx.new_empty(B, kept_idx.shape[1], K), nbr_w.new_empty(B, kept_idx.shape[1], K)
+
+
+def _gtp_setup(ctx, inputs, output):
+    x, kept, prop, nbr_idx, nbr_w, alpha = inputs
+    ctx.save_for_backward(kept, prop, nbr_idx, nbr_w)
+    ctx.alpha = alpha
+    ctx.num_tokens = x.shape[1]
+
+
+def _gtp_backward(ctx, grad_out):
+    kept, prop, nbr_idx, nbr_w = ctx.saved_tensors
+    gx = _ops.prune_gtp_propagate_backward(grad_out.contiguous(), kept, prop, nbr_idx, nbr_w, ctx.alpha,
+                                           ctx.num_tokens)
+    return gx, None, None, None, None, None
+
+
+torch.library.register_autograd("imtok_cuda::prune_gtp_propagate", _gtp_backward, setup_context=_gtp_setup)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FasterVLM
+# ---------------------------------------------------------------------------------------------------------------
+def cls_attn(q, k, scale):
+    """CLS-row attention averaged over heads, from q [B, H, Nq, D] (row 0 = CLS query; Nq may be 1) and
+    k [B, H, N, D]: softmax((q_cls * scale) . k_j)[j >= 1] averaged over heads -> [B, N-1], fp32 accumulation.
+    The FasterVLM / EViT score without the [B, H, N, N] attention map (one GEMV + softmax per head)."""
+    _check_float(q, "q")
+    _check_dim(q, 4, "q")
+    _check_dim(k, 4, "k")
+    return _ops.prune_cls_attn(q, k, float(scale))
+
+
+@torch.library.register_fake("imtok_cuda::prune_cls_attn")
+def _cls_attn_fake(q, k, scale):
+    return q.new_empty(q.shape[0], k.shape[2] - 1)
+
+
+def topk_mask(scores, k):
+    """Boolean mask [B, N] of the k highest scores of every row (NaN counts as largest, ties: lower index)."""
+    _check_float(scores, "scores")
+    _check_dim(scores, 2, "scores")
+    if not isinstance(k, int) or not 0 <= k <= scores.shape[1]:
+        raise ValueError("k must be an int in [0, %d], got %r" % (scores.shape[1], k))
+    return _ops.prune_topk_mask(scores, k)
+
+
+def gather_packed(x, mask):
+    """x [B, N, C], mask [B, N] bool -> (packed [total, C]: each row's kept tokens in spatial order, rows one after
+    another; cu_seqlens int32 [B + 1]). The packed size is data-dependent (one device sync on CUDA)."""
+    _check_float(x, "x")
+    _check_dim(x, 3, "x")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError("mask must be a torch.bool tensor, got %s" % (getattr(mask, "dtype", type(mask)),))
+    return _ops.prune_gather_packed(x, mask)
+
+
+def fastervlm_prune(image_features, scores, k, packed=False):
+    """FasterVLM: keep the k image tokens with the highest CLS attention in spatial order.
+    Returns ([B, k, C], mask), or with packed=True (packed [B * k, C], cu_seqlens)."""
+    mask = topk_mask(scores, k)
+    p, cu = gather_packed(image_features, mask)
+    if packed:
+        return p, cu
+    return p.view(image_features.shape[0], k, image_features.shape[-1]), mask
+
+
+@torch.library.register_fake("imtok_cuda::prune_topk_mask")
+def _topk_mask_fake(scores, k):
+    return scores.new_empty(scores.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("imtok_cuda::prune_gather_packed")
+def _gather_packed_fake(x, mask):
+    total = torch.library.get_ctx().new_dynamic_size()
+    return x.new_empty(total, x.shape[2]), x.new_empty(x.shape[0] + 1, dtype=torch.int32)

@@ -1,0 +1,457 @@
+"""attention: reference vs CPU kernel vs emulated CUDA kernel (vs real CUDA with -m cuda).
+
+Every comparison is against imtok_cuda.reference.attention (explicit softmax attention in fp64/fp32).
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import imtok_cuda
+from imtok_cuda import attention as A
+from imtok_cuda.reference import attention as ref
+
+IMPLS = ["cpu", "emulated"]
+
+
+def ops_for(impl, request):
+    return torch.ops.imtok_cuda if impl == "cpu" else request.getfixturevalue("emu")
+
+
+def make(B, H, Nq, Nk, d, dtype=torch.float64, bias=False, mask=False, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Nq, d, generator=g, dtype=torch.float64).to(dtype).to(device)
+    k = torch.randn(B, H, Nk, d, generator=g, dtype=torch.float64).to(dtype).to(device)
+    v = torch.randn(B, H, Nk, d, generator=g, dtype=torch.float64).to(dtype).to(device)
+    kb = torch.randn(B, Nk, generator=g, dtype=torch.float64).to(dtype).to(device) if bias else None
+    km = (torch.rand(B, Nk, generator=g) > 0.35).to(device) if mask else None
+    return q, k, v, kb, km
+
+
+def assert_same_inf(a, b):
+    """Same -inf positions (rows without keys), values compared elsewhere."""
+    assert torch.equal(torch.isneginf(a), torch.isneginf(b))
+    assert not torch.isnan(a).any()
+
+
+def check_forward(ops, q, k, v, kb, km, causal, scale=None, cols=None, cu=None, tol=None):
+    start, end = (0, -1) if cols is None else (cols[0], -1 if cols[1] is None else cols[1])
+    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, scale, True, True, start, end, cu)
+    r = ref.attention(q, k, v, kb, km, causal, scale, True, True, True, cols, cu)
+    if tol is None:
+        tol = 1e-12 if q.dtype == torch.float64 else 2e-5
+    assert out.dtype == q.dtype and out.shape == q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    assert lse.dtype == acc and cls.dtype == acc and col.dtype == acc
+    torch.testing.assert_close(out, r.out, rtol=tol, atol=tol)
+    assert_same_inf(lse, r.lse)
+    fin = torch.isfinite(r.lse)
+    torch.testing.assert_close(lse[fin], r.lse[fin], rtol=tol, atol=tol)
+    torch.testing.assert_close(cls, r.cls_attn, rtol=tol, atol=tol)
+    torch.testing.assert_close(col, r.col_sum, rtol=tol, atol=tol * max(1, q.shape[2]))
+    return out, lse, cls, col
+
+
+# (Nq, Nk, d, bias, mask, causal): compact coverage of every option, Nq != Nk both ways, odd d, N = 1 / 0
+CASES = [
+    (1, 1, 8, False, False, False),
+    (5, 7, 33, True, False, False),
+    (7, 5, 16, False, True, True),  # causal with Nq > Nk: first 2 queries see nothing
+    (13, 13, 8, True, True, True),
+    (9, 40, 16, True, True, False),
+    (40, 9, 33, False, False, True),
+    (17, 23, 1, True, False, True),
+    (0, 5, 8, True, True, False),
+    (3, 35, 128, True, True, True),  # d = 128: the largest head dim (shared-memory sizing, channel loops)
+    (6, 0, 8, False, False, False),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("Nq,Nk,d,bias,mask,causal", CASES)
+def test_forward_matches_reference(impl, request, dtype, Nq, Nk, d, bias, mask, causal):
+    ops = ops_for(impl, request)
+    q, k, v, kb, km = make(2, 2, Nq, Nk, d, dtype, bias, mask)
+    check_forward(ops, q, k, v, kb, km, causal)
+    check_forward(ops, q, k, v, kb, km, causal, scale=0.37, cols=(2, 6))
+
+
+@pytest.mark.parametrize("Nq,Nk,causal", [(130, 70, True), (70, 1100, False), (1100, 1100, True)])
+def test_cpu_multiple_blocks_and_online_softmax(Nq, Nk, causal):
+    """Several query blocks (64) and key blocks, and Nk > 1024 (online softmax over key chunks)."""
+    q, k, v, kb, km = make(1, 2, Nq, Nk, 8, torch.float32, bias=True, mask=True, seed=1)
+    check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(3, 100), tol=5e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_fused_side_outputs(causal):
+    """>= 32 (batch, head) items and Nk <= 1024: the CPU forward computes the CLS row and the column sums in
+    its single pass (query blocks in order per item); must equal the reference, dense and packed."""
+    q, k, v, kb, km = make(4, 8, 70, 50, 8, torch.float64, bias=True, mask=True, seed=15)
+    out, lse, cls, col = check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(5, 66))
+    F = torch.ops.imtok_cuda.attention_forward
+    assert torch.equal(F(q, k, v, kb, km, causal, None, True, False, 5, 66)[2], cls)  # CLS row alone
+    assert torch.equal(F(q, k, v, kb, km, causal, None, False, True, 5, 66)[3], col)  # column sums alone
+    assert torch.equal(F(q, k, v, kb, km, causal)[0], out)  # output-only path: same numbers
+    cu = torch.tensor([0, 30, 30, 100, 101], dtype=torch.int32)
+    q, k, v, kb, km = make(1, 8, 101, 101, 8, torch.float64, bias=True, mask=True, seed=16)
+    check_forward(torch.ops.imtok_cuda, q, k, v, kb, km, causal, cols=(1, None), cu=cu)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mask_all_but_one_key(impl, request):
+    ops = ops_for(impl, request)
+    q, k, v, kb, _ = make(2, 3, 6, 11, 8, torch.float64, bias=True)
+    km = torch.zeros(2, 11, dtype=torch.bool)
+    km[0, 4] = True
+    km[1, 10] = True
+    out, lse, cls, col = check_forward(ops, q, k, v, kb, km, False)
+    torch.testing.assert_close(out[0], v[0, :, 4:5].expand(3, 6, 8))
+    torch.testing.assert_close(out[1], v[1, :, 10:11].expand(3, 6, 8))
+    s = (q[0] @ k[0, :, 4].unsqueeze(-1)).squeeze(-1) / math.sqrt(8) + kb[0, 4]
+    torch.testing.assert_close(lse[0], s)
+    torch.testing.assert_close(cls[0, :, 4], torch.ones(3, dtype=cls.dtype))  # exp(s - lse), s recomputed
+    assert cls[0, :, :4].eq(0).all() and cls[0, :, 5:].eq(0).all()
+    torch.testing.assert_close(col[1, :, 10], torch.full((3,), 6.0, dtype=col.dtype))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fully_masked_rows_give_zero_and_neg_inf(impl, request):
+    ops = ops_for(impl, request)
+    q, k, v, kb, _ = make(2, 2, 5, 7, 8, torch.float64, bias=True)
+    km = torch.ones(2, 7, dtype=torch.bool)
+    km[1] = False
+    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, False, None, True, True)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.isneginf(lse[1]).all() and torch.isfinite(lse[0]).all()
+    assert torch.equal(cls[1], torch.zeros_like(cls[1])) and torch.equal(col[1], torch.zeros_like(col[1]))
+    go = torch.randn_like(out)
+    dq, dk, dv, db = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, False, None, None, True)
+    for g in (dq, dk, dv, db):
+        assert torch.isfinite(g).all()
+    assert torch.equal(dq[1], torch.zeros_like(dq[1])) and torch.equal(db[1], torch.zeros_like(db[1]))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_sequences_equal_separate_calls(impl, request, causal):
+    ops = ops_for(impl, request)
+    lens = [5, 0, 12, 1, 9]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    T = int(cu[-1])
+    q, k, v, kb, km = make(1, 2, T, T, 16, torch.float64, bias=True, mask=True, seed=3)
+    out, lse, cls, col = check_forward(ops, q, k, v, kb, km, causal, cols=(1, 7), cu=cu)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if a == b:
+            continue
+        o_s, l_s, c_s, s_s = ops.attention_forward(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb[:, a:b],
+                                                   km[:, a:b], causal, None, True, True, 1, 7)
+        torch.testing.assert_close(out[:, :, a:b], o_s, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cls[:, :, a:b], c_s, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(col[:, :, a:b], s_s, rtol=1e-12, atol=1e-12)
+    # backward of the packed call == backward of the separate calls
+    go = torch.randn_like(out)
+    dq, dk, dv, db = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, cu, True)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if a == b:
+            continue
+        sl = slice(a, b)
+        o_s, l_s, _, _ = ops.attention_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], kb[:, sl], km[:, sl], causal)
+        g = ops.attention_backward(go[:, :, sl], None, q[:, :, sl], k[:, :, sl], v[:, :, sl], o_s, l_s, kb[:, sl],
+                                   km[:, sl], causal, None, None, True)
+        for full, part in zip((dq, dk, dv), g[:3]):
+            torch.testing.assert_close(full[:, :, sl], part, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(db[:, sl], g[3], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_fp32(impl, request, dtype):
+    ops = ops_for(impl, request)
+    q, k, v, kb, km = make(2, 2, 19, 23, 16, dtype, bias=True, mask=True, seed=4)
+    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, True, None, True, True)
+    r = ref.attention(q, k, v, kb, km, True, None, True, True, True)  # fp32 math on the same half inputs
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    # The kernel and the reference both compute in fp32 from the same half inputs; they differ by fp32
+    # summation order (~1e-6) and then both round out to the half dtype once, so they agree to one half ulp:
+    # |out| < 4 here, ulp(4) = 2^-8 (fp16) and 2^-5 (bf16). The fp32 side outputs agree to fp32 rounding.
+    ulp = 2.0 ** -8 if dtype == torch.float16 else 2.0 ** -5
+    torch.testing.assert_close(out.float(), r.out.float(), rtol=0, atol=ulp)
+    fin = torch.isfinite(r.lse)
+    torch.testing.assert_close(lse[fin], r.lse[fin], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cls, r.cls_attn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(col, r.col_sum, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_noncontiguous_inputs(impl, request):
+    ops = ops_for(impl, request)
+    g = torch.Generator().manual_seed(5)
+    # [B, N, H, d] layouts viewed as [B, H, N, d] (what a ViT's qkv split gives), a strided bias and mask
+    q = torch.randn(2, 11, 3, 8, generator=g, dtype=torch.float64).transpose(1, 2)
+    kv = torch.randn(2, 13, 2, 3, 8, generator=g, dtype=torch.float64)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    kb = torch.randn(13, 2, generator=g, dtype=torch.float64).t()
+    km = (torch.rand(13, 2, generator=g) > 0.3).t()
+    assert not q.is_contiguous() and not k.is_contiguous() and not kb.is_contiguous()
+    check_forward(ops, q, k, v, kb, km, True)
+
+
+# ---- backward ------------------------------------------------------------------------------------------------
+def ref_grads(q, k, v, kb, km, causal, go, glse, cu=None):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, kb)]
+    r = ref.attention(*leaves[:3], leaves[3], km, causal, None, True, cu_seqlens=cu)
+    lse = torch.where(torch.isfinite(r.lse), r.lse, torch.zeros_like(r.lse))
+    loss = (r.out * go).sum() + (lse * glse).sum()
+    return torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("Nq,Nk,d,causal", [(7, 9, 8, False), (9, 7, 33, True), (23, 31, 16, True), (1, 1, 4, False)])
+def test_backward_matches_reference(impl, request, Nq, Nk, d, causal):
+    ops = ops_for(impl, request)
+    q, k, v, kb, km = make(2, 2, Nq, Nk, d, torch.float64, bias=True, mask=True, seed=6)
+    km[:, 0] = True
+    out, lse, _, _ = ops.attention_forward(q, k, v, kb, km, causal)
+    go = torch.randn_like(out)
+    glse = torch.randn_like(lse)
+    got = ops.attention_backward(go, glse, q, k, v, out, lse, kb, km, causal, None, None, True)
+    want = ref_grads(q, k, v, kb, km, causal, go, torch.where(torch.isfinite(lse), glse, torch.zeros_like(glse)))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_cpu_backward_large_and_deterministic():
+    q, k, v, kb, km = make(1, 2, 300, 600, 16, torch.float32, bias=True, mask=True, seed=7)
+    ops = torch.ops.imtok_cuda
+    out, lse, _, _ = ops.attention_forward(q, k, v, kb, km, True)
+    go = torch.randn_like(out)
+    got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, True, None, None, True)
+    want = ref_grads(q.double(), k.double(), v.double(), kb.double(), km, True, go.double(), torch.zeros_like(lse).double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    nt = torch.get_num_threads()
+    try:  # bitwise identical for every thread count and run (no atomics, fixed reduction order)
+        torch.set_num_threads(1)
+        again = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, True, None, None, True)
+        fwd1 = ops.attention_forward(q, k, v, kb, km, True, None, True, True)
+    finally:
+        torch.set_num_threads(nt)
+    fwd2 = ops.attention_forward(q, k, v, kb, km, True, None, True, True)
+    for a, b in zip(got, again):
+        assert torch.equal(a, b)
+    for a, b in zip(fwd1, fwd2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradcheck_float64(causal):
+    q, k, v, kb, km = make(1, 2, 5, 6, 3, torch.float64, bias=True, mask=True, seed=8)
+    km[:, -1] = True
+    args = [t.requires_grad_(True) for t in (q, k, v, kb)]
+
+    def f(q, k, v, kb):
+        r = A.attention(q, k, v, kb, km, causal, None, return_lse=True)
+        return r.out, torch.where(torch.isfinite(r.lse), r.lse, torch.zeros_like(r.lse))
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_autograd_through_wrapper_matches_reference():
+    q, k, v, kb, km = make(2, 3, 10, 12, 8, torch.float32, bias=True, mask=True, seed=9)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, kb)]
+    r = A.attention_with_side_outputs(*leaves, km, True)
+    assert not r.cls_attn.requires_grad and not r.col_sum.requires_grad
+    go = torch.randn_like(r.out)
+    got = torch.autograd.grad((r.out * go).sum(), leaves)
+    lse0 = torch.zeros_like(r.lse).double()
+    want = ref_grads(q.double(), k.double(), v.double(), kb.double(), km, True, go.double(), lse0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 2), H=st.integers(1, 2), Nq=st.integers(0, 20), Nk=st.integers(0, 20), d=st.integers(1, 20),
+       bias=st.booleans(), mask=st.booleans(), causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_hypothesis_cpu_forward_backward(B, H, Nq, Nk, d, bias, mask, causal, seed):
+    q, k, v, kb, km = make(B, H, Nq, Nk, d, torch.float64, bias, mask, seed=seed)
+    ops = torch.ops.imtok_cuda
+    out, lse, _, _ = check_forward(ops, q, k, v, kb, km, causal, cols=(seed % 5, None))
+    go = torch.randn_like(out)
+    glse = torch.where(torch.isfinite(lse), torch.randn_like(lse), torch.zeros_like(lse))
+    got = ops.attention_backward(go, glse, q, k, v, out, lse, kb, km, causal, None, None, bias)
+    if kb is None:
+        kb = torch.zeros(B, Nk, dtype=torch.float64)
+    want = ref_grads(q, k, v, kb, km, causal, go, glse)
+    for a, b in zip(got[:3], want[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if bias:
+        torch.testing.assert_close(got[3], want[3], rtol=1e-10, atol=1e-10)
+
+
+def test_bias_dtype_differs_from_q():
+    """A float32 key bias (log token sizes) with bf16 q/k/v: its gradient comes back in float32."""
+    q, k, v, _, km = make(2, 2, 8, 8, 16, torch.bfloat16, mask=True, seed=14)
+    kb = torch.randn(2, 8, dtype=torch.float32, requires_grad=True)
+    out = A.attention(q, k, v, kb, km)
+    want = ref.attention(q, k, v, kb.detach(), km)
+    torch.testing.assert_close(out.float(), want.float(), rtol=0, atol=2.0 ** -5)
+    out.float().sum().backward()
+    assert kb.grad.dtype == torch.float32 and torch.isfinite(kb.grad).all()
+
+
+# ---- side-output hooks ------------------------------------------------------------------------------------------
+def test_side_outputs_equal_eager_probabilities():
+    q, k, v, kb, km = make(2, 4, 17, 17, 8, torch.float32, bias=True, mask=True, seed=10)
+    r = A.attention_with_side_outputs(q, k, v, kb, km, col_sum_queries=(1, None))
+    p = ref.attention_probs(q, k, kb, km)
+    torch.testing.assert_close(r.cls_attn, p[:, :, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r.cls_attn_mean, p[:, :, 0].mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r.col_sum, p[:, :, 1:].sum(2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r.col_sum_mean, p[:, :, 1:].sum(2).mean(1), rtol=1e-5, atol=1e-5)
+    assert A.attention(q, k, v).shape == q.shape  # no side output requested: a plain tensor
+    only_lse = A.attention(q, k, v, return_lse=True)
+    assert only_lse.cls_attn is None and only_lse.col_sum is None and only_lse.lse.shape == (2, 4, 17)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cls_attention_hook(dtype):
+    q, k, v, kb, km = make(2, 3, 9, 14, 16, dtype, bias=True, mask=True, seed=11)
+    km[1] = False
+    got = A.cls_attention(q, k, kb, km)
+    want = ref.cls_attention(q, k, kb, km)
+    torch.testing.assert_close(got, want)
+    full = A.attention(q, k, v, kb, km, return_cls_attn=True)
+    torch.testing.assert_close(got, full.cls_attn, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[1], torch.zeros_like(got[1]))
+
+
+# ---- registration: opcheck, compile ----------------------------------------------------------------------------
+def test_opcheck():
+    q, k, v, kb, km = make(2, 2, 6, 7, 8, torch.float64, bias=True, mask=True, seed=12)
+    km[:, 0] = True
+    for t in (q, k, v, kb):
+        t.requires_grad_(True)
+    torch.library.opcheck(torch.ops.imtok_cuda.attention_forward.default, (q, k, v, kb, km, True, 0.5, True, True, 1, 4, None))
+    torch.library.opcheck(torch.ops.imtok_cuda.attention_forward.default, (q, k, v), {"causal": False})
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    q1, k1, v1 = (t.detach()[:1, :, :7].contiguous() for t in (k, v, k))
+    torch.library.opcheck(torch.ops.imtok_cuda.attention_forward.default, (q1, k1, v1), {"cu_seqlens": cu})
+    with torch.no_grad():
+        out, lse, _, _ = torch.ops.imtok_cuda.attention_forward(q, k, v, kb, km, True)
+    go = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.imtok_cuda.attention_backward.default,
+                          (go, None, q.detach(), k.detach(), v.detach(), out, lse, kb.detach(), km, True, None, None, True))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v, kb, km = make(2, 2, 9, 9, 8, torch.float32, bias=True, mask=True, seed=13)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, kb)]
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(q, k, v, kb):
+        r = A.attention_with_side_outputs(q, k, v, kb, km, causal=True)
+        return r.out.sum() + r.lse.clamp_min(-1e4).sum(), r.cls_attn_mean, r.col_sum_mean
+
+    loss, cls_m, col_m = f(*leaves)
+    loss.backward()
+    r = A.attention_with_side_outputs(*(t.detach() for t in leaves), km, causal=True)
+    torch.testing.assert_close(cls_m, r.cls_attn_mean)
+    torch.testing.assert_close(col_m, r.col_sum_mean)
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------------
+def test_bad_input_messages():
+    q, k, v, kb, km = make(2, 2, 4, 5, 8, torch.float32, bias=True, mask=True)
+    F = torch.ops.imtok_cuda.attention_forward
+    with pytest.raises(ValueError, match="q must have 4"):
+        A.attention(q[0], k, v)
+    with pytest.raises(ValueError, match="q must have 4"):
+        F(q[0], k, v)
+    with pytest.raises(TypeError, match="same dtype"):
+        A.attention(q, k.double(), v)
+    with pytest.raises(TypeError, match="same dtype"):
+        F(q, k.double(), v)
+    with pytest.raises(TypeError, match="q must be float"):
+        F(q.int(), k.int(), v.int())
+    with pytest.raises(ValueError, match="v must have the shape"):
+        A.attention(q, k, v[:, :, :4])
+    with pytest.raises(ValueError, match=r"v.shape\[2\]"):
+        F(q, k, v[:, :, :4])
+    with pytest.raises(ValueError, match="head dim"):
+        A.attention(*(torch.randn(1, 1, 2, 129) for _ in range(3)))
+    with pytest.raises(ValueError, match="head dim"):
+        F(*(torch.randn(1, 1, 2, 129) for _ in range(3)))
+    with pytest.raises(TypeError, match="key_mask must be a bool"):
+        A.attention(q, k, v, key_mask=km.float())
+    with pytest.raises(TypeError, match="key_mask must be Bool"):
+        F(q, k, v, None, km.float())
+    with pytest.raises(ValueError, match="key_bias must have shape"):
+        A.attention(q, k, v, key_bias=kb[:, :4])
+    with pytest.raises(ValueError, match=r"key_bias.shape\[1\]"):
+        F(q, k, v, kb[:, :4])
+    with pytest.raises(ValueError, match="scale must be finite"):
+        F(q, k, v, None, None, False, float("nan"))
+    with pytest.raises(ValueError, match="col_sum_queries"):
+        A.attention(q, k, v, return_col_sum=True, col_sum_queries=(-1, 3))
+    with pytest.raises(ValueError, match="col_sum_start"):
+        F(q, k, v, None, None, False, None, False, True, -2, 3)
+    # packed sequences
+    qp, kp, vp = (torch.randn(1, 2, 6, 8) for _ in range(3))
+    with pytest.raises(TypeError, match="cu_seqlens must be a 1-D int32"):
+        A.attention(qp, kp, vp, cu_seqlens=torch.tensor([0, 6]))
+    with pytest.raises(TypeError, match="cu_seqlens must be Int"):
+        F(qp, kp, vp, cu_seqlens=torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        A.attention(qp, kp, vp, cu_seqlens=torch.tensor([0, 4, 2, 6], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"cu_seqlens\[-1\]"):
+        A.attention(qp, kp, vp, cu_seqlens=torch.tensor([0, 4], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"cu_seqlens\[0\]"):
+        A.attention(qp, kp, vp, cu_seqlens=torch.tensor([1, 6], dtype=torch.int32))
+    with pytest.raises(ValueError, match="packed"):
+        A.attention(q, k, v, cu_seqlens=torch.tensor([0, 4], dtype=torch.int32))
+    # backward op
+    out, lse, _, _ = F(q, k, v)
+    B = torch.ops.imtok_cuda.attention_backward
+    with pytest.raises(ValueError, match=r"grad_out.shape\[2\]"):
+        B(out[:, :, :3], None, q, k, v, out, lse)
+    with pytest.raises(ValueError, match=r"lse.shape\[2\]"):
+        B(out, None, q, k, v, out, lse[:, :, :3])
+    with pytest.raises(ValueError, match="need_bias_grad requires key_bias"):
+        B(out, None, q, k, v, out, lse, None, None, False, None, None, True)
+
+
+def test_emulated_bad_input(emu):
+    q, k, v, kb, km = make(1, 1, 3, 4, 8, torch.float32)
+    with pytest.raises(ValueError, match="head dim"):
+        emu.attention_forward(*(torch.randn(1, 1, 2, 129) for _ in range(3)))
+    with pytest.raises(TypeError, match="key_mask must be Bool"):
+        emu.attention_forward(q, k, v, None, torch.ones(1, 4))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        emu.attention_forward(q, q, q, cu_seqlens=torch.tensor([0, 2, 1, 3], dtype=torch.int32))
+
+
+# ---- real GPU ---------------------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Nq,Nk,d,bias,mask,causal", CASES + [(197, 197, 64, True, True, False), (300, 577, 128, False, True, True)])
+def test_cuda_matches_reference(dtype, Nq, Nk, d, bias, mask, causal):
+    q, k, v, kb, km = make(2, 3, Nq, Nk, d, dtype, bias, mask, device="cuda")
+    ops = torch.ops.imtok_cuda
+    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, None, True, True)
+    r = ref.attention(q, k, v, kb, km, causal, None, True, True, True)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(out.float(), r.out.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(cls, r.cls_attn, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(col, r.col_sum, rtol=1e-4, atol=1e-3)
+    if dtype in (torch.float32, torch.float64) and Nq > 0 and Nk > 0:
+        go = torch.randn_like(out)
+        got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)
+        cpu = torch.ops.imtok_cuda.attention_backward(
+            go.cpu(), None, q.cpu(), k.cpu(), v.cpu(), out.cpu(), lse.cpu(), None if kb is None else kb.cpu(),
+            None if km is None else km.cpu(), causal, None, None, kb is not None)
+        for a, b in zip(got, cpu):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-4)
