@@ -28,8 +28,24 @@ void define_schemas(torch::Library& m) {
         "float box_sigma, Tensor? lengths, bool normalize) -> (Tensor grad_geometry, Tensor grad_features)");
 
   // ---- shuffle ----------------------------------------------------------------------------------------
+  // Token-Shuffle: [B, (h s)(w s), D] <-> [B, h w, s*s*D] ('b (h s1 w s2) d -> b (h w) (s1 s2 d)'); h, w: coarse grid.
+  m.def("shuffle_token_shuffle(Tensor x, int h, int w, int s) -> Tensor");
+  m.def("shuffle_token_unshuffle(Tensor x, int h, int w, int s) -> Tensor");
+  // Linear(s*s*D -> N) after the shuffle, and Linear(K -> s*s*D) before the unshuffle, permutation folded in.
+  m.def("shuffle_linear(Tensor x, int h, int w, int s, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("shuffle_linear_unshuffle(Tensor x, int h, int w, int s, Tensor weight, Tensor? bias=None) -> Tensor");
 
   // ---- merge ------------------------------------------------------------------------------------------
+  // ToMe / tomesd. A plan is (src_idx [B, r], dst_idx [B, r], unm_idx [B, Na - r]) in the upstream index spaces;
+  // a_idx / b_idx ([Na], [Nb] token positions) for tomesd, None for ToMe (a = even tokens, b = odd tokens).
+  m.def("merge_tome_match(Tensor metric, int r, bool class_token=False, bool distill_token=False) -> (Tensor src_idx, Tensor dst_idx, Tensor unm_idx)");
+  m.def("merge_random2d_split(Tensor rand_idx, int h, int w, int sx, int sy) -> (Tensor a_idx, Tensor b_idx)");
+  m.def("merge_random2d_match(Tensor metric, Tensor a_idx, Tensor b_idx, int r) -> (Tensor src_idx, Tensor dst_idx, Tensor unm_idx)");
+  m.def("merge_apply(Tensor x, Tensor src_idx, Tensor dst_idx, Tensor unm_idx, Tensor? a_idx=None, Tensor? b_idx=None, str mode=\"mean\", bool distill_token=False) -> Tensor");
+  m.def("merge_apply_backward(Tensor grad, Tensor x, Tensor out, Tensor src_idx, Tensor dst_idx, Tensor unm_idx, Tensor? a_idx, Tensor? b_idx, str mode, bool distill_token) -> Tensor");
+  m.def("merge_wavg(Tensor x, Tensor? size, Tensor src_idx, Tensor dst_idx, Tensor unm_idx, Tensor? a_idx=None, Tensor? b_idx=None, bool distill_token=False) -> (Tensor x_out, Tensor size_out)");
+  m.def("merge_wavg_backward(Tensor grad_x, Tensor? grad_size, Tensor x, Tensor? size, Tensor out_x, Tensor out_size, Tensor src_idx, Tensor dst_idx, Tensor unm_idx, Tensor? a_idx, Tensor? b_idx, bool distill_token) -> (Tensor grad_x_in, Tensor grad_size_in)");
+  m.def("merge_unmerge(Tensor y, Tensor src_idx, Tensor dst_idx, Tensor unm_idx, Tensor? a_idx=None, Tensor? b_idx=None) -> Tensor");
 
   // ---- prune ------------------------------------------------------------------------------------------
   // EViT: [cls, top-left tokens by CLS attention (descending), fused = sum of the rest weighted by their score]

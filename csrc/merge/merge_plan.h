@@ -1,0 +1,110 @@
+// Merge plans shared by the CPU kernels and the device launchers: argument checks and shape inference.
+//
+// A plan (from merge_tome_match / merge_random2d_match) is three int64 tensors in the upstream index spaces:
+//   src_idx [B, r]  rows of the source set "a" that merge (descending similarity), dst_idx [B, r] the row of
+//   the destination set "b" each merges into, unm_idx [B, Na - r] rows of "a" that stay.
+// Positions of a and b among the T tokens: ToMe (a_idx/b_idx absent) a = 0, 2, 4, ..., b = 1, 3, 5, ...;
+// tomesd: a_idx [Na], b_idx [Nb] (token positions shared by the batch).
+// Output rows of a merge: [unm..., dst...] (Tout = U + Nb); with distill_token [unm0, dst0, unm1.., dst1..].
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common/checks.h"
+
+namespace imtok {
+namespace merge {
+
+struct PlanDims {
+  int64_t B = 0, T = 0, Na = 0, Nb = 0, r = 0, U = 0;
+  int64_t tout() const { return U + Nb; }
+};
+
+inline c10::optional<at::Tensor> defined_or_none(const c10::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined()) return t;
+  return c10::nullopt;
+}
+
+// Checks the plan tensors against each other and returns the dimensions; T is the token count of the
+// unmerged layout (derived from the plan).
+inline PlanDims check_plan(const at::Tensor& src_idx, const at::Tensor& dst_idx, const at::Tensor& unm_idx,
+                           const c10::optional<at::Tensor>& a_idx, const c10::optional<at::Tensor>& b_idx) {
+  check_dtype(src_idx, c10::kLong, "src_idx");
+  check_dtype(dst_idx, c10::kLong, "dst_idx");
+  check_dtype(unm_idx, c10::kLong, "unm_idx");
+  check_dim(src_idx, 2, "src_idx");
+  check_dim(dst_idx, 2, "dst_idx");
+  check_dim(unm_idx, 2, "unm_idx");
+  check_same_device(src_idx, "src_idx", dst_idx, "dst_idx");
+  check_same_device(src_idx, "src_idx", unm_idx, "unm_idx");
+  PlanDims d;
+  d.B = src_idx.size(0);
+  d.r = src_idx.size(1);
+  TORCH_CHECK_VALUE(dst_idx.sizes() == src_idx.sizes(), "dst_idx must have the shape of src_idx ", src_idx.sizes(),
+                    ", got ", dst_idx.sizes());
+  check_size(unm_idx, 0, d.B, "unm_idx");
+  d.U = unm_idx.size(1);
+  d.Na = d.U + d.r;
+  TORCH_CHECK_VALUE(a_idx.has_value() == b_idx.has_value(), "a_idx and b_idx must be given together (tomesd) or ",
+                    "both be None (ToMe)");
+  if (a_idx.has_value()) {
+    check_dtype(*a_idx, c10::kLong, "a_idx");
+    check_dtype(*b_idx, c10::kLong, "b_idx");
+    check_dim(*a_idx, 1, "a_idx");
+    check_dim(*b_idx, 1, "b_idx");
+    check_same_device(src_idx, "src_idx", *a_idx, "a_idx");
+    check_same_device(src_idx, "src_idx", *b_idx, "b_idx");
+    TORCH_CHECK_VALUE(a_idx->size(0) == d.Na, "a_idx must have ", d.Na, " entries (src_idx + unm_idx), got ",
+                      a_idx->size(0));
+    d.Nb = b_idx->size(0);
+    d.T = d.Na + d.Nb;
+  } else {
+    // ToMe: Na = ceil(T / 2), Nb = floor(T / 2); Nb is Na or Na - 1. Resolved by the caller from T.
+    d.Nb = -1;
+    d.T = -1;
+  }
+  return d;
+}
+
+// Resolve the ToMe layout from the token count of x.
+inline void resolve_tokens(PlanDims& d, int64_t T, const char* xname) {
+  if (d.T < 0) {
+    TORCH_CHECK_VALUE((T + 1) / 2 == d.Na, xname, " has ", T, " tokens but the plan has ", d.Na,
+                      " source-set rows (src_idx + unm_idx); expected ceil(T / 2)");
+    d.T = T;
+    d.Nb = T / 2;
+  } else {
+    TORCH_CHECK_VALUE(T == d.T, xname, " has ", T, " tokens but the plan covers ", d.T);
+  }
+}
+
+// Resolve the ToMe layout from the row count of a merged tensor (U + Nb rows): Nb is Na or Na - 1.
+inline void resolve_merged_rows(PlanDims& d, int64_t rows, const char* yname) {
+  if (d.T < 0) {
+    const int64_t nb = rows - d.U;
+    TORCH_CHECK_VALUE(nb == d.Na || nb == d.Na - 1, yname, " has ", rows, " rows, which does not fit a plan with ",
+                      d.U, " unmerged and ", d.Na, " source-set rows");
+    d.Nb = nb;
+    d.T = d.Na + nb;
+  } else {
+    TORCH_CHECK_VALUE(rows == d.tout(), yname, " has ", rows, " rows but the plan merges to ", d.tout());
+  }
+}
+
+inline void check_x(const at::Tensor& x, const char* name, const PlanDims& d, const at::Tensor& plan_ref) {
+  check_floating(x, name);
+  check_dim(x, 3, name);
+  check_same_device(x, name, plan_ref, "src_idx");
+  TORCH_CHECK_VALUE(x.size(0) == d.B, name, ".shape[0] must be the plan's batch ", d.B, ", got shape ", x.sizes());
+}
+
+inline int mode_code(c10::string_view mode) {
+  if (mode == "sum") return 0;
+  if (mode == "mean") return 1;
+  if (mode == "amax") return 2;
+  TORCH_CHECK_VALUE(false, "mode must be 'sum', 'mean' or 'amax', got '", std::string(mode), "'");
+  return -1;
+}
+
+}  // namespace merge
+}  // namespace imtok

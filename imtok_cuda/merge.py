@@ -1,0 +1,282 @@
+"""Token merging (ToMe, tomesd) with fused kernels.
+
+The matching ops return a *plan* of int64 index tensors in the upstream index spaces (see
+imtok_cuda.reference.merge); the application ops run one deterministic pass over each output row's member list
+(its destination token and, in plan order, the sources merged into it): no atomics, no score matrix.
+
+Drop-in API, same calling convention as the upstream code:
+    merge, unmerge = bipartite_soft_matching(metric, r, class_token, distill_token)      # ToMe
+    x = merge(x, mode="mean"); x, size = merge_wavg(merge, x, size); source = merge_source(merge, x, source)
+    merge, unmerge = bipartite_soft_matching_random2d(metric, w, h, sx, sy, r, no_rand, generator)  # tomesd
+Op level: tome_match / random2d_match -> MergePlan; merge_apply, merge_wavg_plan, merge_unmerge.
+"""
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+
+from . import _loader  # noqa: F401  (loads the extension)
+from .reference import merge as _ref
+
+_ops = torch.ops.imtok_cuda
+
+__all__ = [
+    "MergePlan", "tome_match", "random2d_split", "random2d_match", "merge_apply", "merge_wavg_plan",
+    "merge_unmerge", "bipartite_soft_matching", "bipartite_soft_matching_random2d", "merge_wavg",
+    "merge_source", "do_nothing",
+]
+
+
+class MergePlan(NamedTuple):
+    src_idx: torch.Tensor
+    dst_idx: torch.Tensor
+    unm_idx: torch.Tensor
+    a_idx: Optional[torch.Tensor] = None
+    b_idx: Optional[torch.Tensor] = None
+    distill_token: bool = False
+
+    @property
+    def r(self) -> int:
+        return self.src_idx.shape[1]
+
+
+def do_nothing(x: torch.Tensor, mode: Optional[str] = None) -> torch.Tensor:
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ops: matching
+# ---------------------------------------------------------------------------------------------------------
+def _check_metric(metric):
+    if not isinstance(metric, torch.Tensor) or metric.dim() != 3:
+        raise ValueError("metric must be a [B, T, C] tensor, got %s" % (getattr(metric, "shape", type(metric)),))
+    if not metric.is_floating_point():
+        raise TypeError("metric must be a floating-point tensor, got %s" % metric.dtype)
+
+
+def tome_match(metric: torch.Tensor, r: int, class_token: bool = False, distill_token: bool = False) -> MergePlan:
+    """ToMe's bipartite soft matching as one fused op (normalize, a.b^T row max/argmax, ordering)."""
+    _check_metric(metric)
+    src, dst, unm = _ops.merge_tome_match(metric, int(r), bool(class_token), bool(distill_token))
+    return MergePlan(src, dst, unm, None, None, bool(distill_token))
+
+
+def random2d_split(rand_idx: torch.Tensor, h: int, w: int, sx: int, sy: int):
+    """(a_idx, b_idx) from tomesd's destination draw. On CPU the kernel reproduces torch's CPU argsort order of
+    the -1/0 buffer (an unstable introsort); on other devices torch's own argsort on that device is used, so the
+    order is what tomesd gets there."""
+    if rand_idx.device.type == "cpu":
+        return _ops.merge_random2d_split(rand_idx, int(h), int(w), int(sx), int(sy))
+    return _ref.random2d_split(rand_idx, h, w, sx, sy)
+
+
+def random2d_match(metric: torch.Tensor, a_idx: torch.Tensor, b_idx: torch.Tensor, r: int) -> MergePlan:
+    _check_metric(metric)
+    src, dst, unm = _ops.merge_random2d_match(metric, a_idx, b_idx, int(r))
+    return MergePlan(src, dst, unm, a_idx, b_idx, False)
+
+
+@torch.library.register_fake("imtok_cuda::merge_tome_match")
+def _(metric, r, class_token=False, distill_token=False):
+    torch._check(metric.dim() == 3, lambda: "metric must have 3 dimensions")
+    B, T, _ = metric.shape
+    rr = max(0, min(r, (T - int(class_token) - int(distill_token)) // 2))
+    na = (T + 1) // 2
+    e = lambda n: metric.new_empty((B, n), dtype=torch.int64)  # noqa: E731
+    return e(rr), e(rr), e(na - rr)
+
+
+@torch.library.register_fake("imtok_cuda::merge_random2d_split")
+def _(rand_idx, h, w, sx, sy):
+    nd = (h // sy) * (w // sx)
+    return rand_idx.new_empty((h * w - nd,)), rand_idx.new_empty((nd,))
+
+
+@torch.library.register_fake("imtok_cuda::merge_random2d_match")
+def _(metric, a_idx, b_idx, r):
+    B = metric.shape[0]
+    na = a_idx.shape[0]
+    rr = max(0, min(r, na))
+    e = lambda n: metric.new_empty((B, n), dtype=torch.int64)  # noqa: E731
+    return e(rr), e(rr), e(na - rr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ops: applying a plan
+# ---------------------------------------------------------------------------------------------------------
+def _n_dst(src_idx, unm_idx, a_idx, b_idx, T):
+    if b_idx is not None:
+        return b_idx.shape[0]
+    return T // 2
+
+
+@torch.library.register_fake("imtok_cuda::merge_apply")
+def _(x, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, mode="mean", distill_token=False):
+    B, T, C = x.shape
+    return x.new_empty((B, unm_idx.shape[1] + _n_dst(src_idx, unm_idx, a_idx, b_idx, T), C))
+
+
+@torch.library.register_fake("imtok_cuda::merge_apply_backward")
+def _(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, mode, distill_token):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("imtok_cuda::merge_wavg")
+def _(x, size, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, distill_token=False):
+    B, T, C = x.shape
+    n = unm_idx.shape[1] + _n_dst(src_idx, unm_idx, a_idx, b_idx, T)
+    return x.new_empty((B, n, C)), x.new_empty((B, n, 1))
+
+
+@torch.library.register_fake("imtok_cuda::merge_wavg_backward")
+def _(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token):
+    B, T, C = x.shape
+    return x.new_empty((B, T, C)), x.new_empty((B, T, 1))
+
+
+@torch.library.register_fake("imtok_cuda::merge_unmerge")
+def _(y, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None):
+    B, rows, C = y.shape
+    na = src_idx.shape[1] + unm_idx.shape[1]
+    T = na + (b_idx.shape[0] if b_idx is not None else rows - unm_idx.shape[1])
+    return y.new_empty((B, T, C))
+
+
+def _apply_setup(ctx, inputs, output):
+    x, src_idx, dst_idx, unm_idx, a_idx, b_idx, mode, distill_token = inputs
+    ctx.mode, ctx.distill = mode, distill_token
+    ctx.save_for_backward(x if mode == "amax" else None, output if mode == "amax" else None,
+                          src_idx, dst_idx, unm_idx, a_idx, b_idx)
+    ctx.x_meta = (x.shape, x.dtype, x.device)
+
+
+def _apply_backward(ctx, grad):
+    x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx = ctx.saved_tensors
+    if x is None:
+        shape, dtype, device = ctx.x_meta
+        x = grad.new_empty(0).expand(shape) if False else torch.empty(shape, dtype=dtype, device=device)
+        out = grad
+    gx = _ops.merge_apply_backward(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, ctx.mode, ctx.distill)
+    return gx, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("imtok_cuda::merge_apply", _apply_backward, setup_context=_apply_setup)
+
+
+def _wavg_setup(ctx, inputs, output):
+    x, size, src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token = inputs
+    ctx.distill = distill_token
+    ctx.has_size = size is not None
+    ctx.save_for_backward(x, size, output[0], output[1], src_idx, dst_idx, unm_idx, a_idx, b_idx)
+
+
+def _wavg_backward(ctx, grad_x, grad_size):
+    x, size, out_x, out_size, src_idx, dst_idx, unm_idx, a_idx, b_idx = ctx.saved_tensors
+    if grad_x is None:
+        grad_x = torch.zeros_like(out_x)
+    gx, gs = _ops.merge_wavg_backward(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx,
+                                      a_idx, b_idx, ctx.distill)
+    return gx, (gs if ctx.has_size else None), None, None, None, None, None, None
+
+
+torch.library.register_autograd("imtok_cuda::merge_wavg", _wavg_backward, setup_context=_wavg_setup)
+
+
+def _unmerge_setup(ctx, inputs, output):
+    y, src_idx, dst_idx, unm_idx, a_idx, b_idx = inputs
+    ctx.save_for_backward(src_idx, dst_idx, unm_idx, a_idx, b_idx)
+
+
+def _unmerge_backward(ctx, grad):
+    src_idx, dst_idx, unm_idx, a_idx, b_idx = ctx.saved_tensors
+    # unmerge copies each output row to its members; its adjoint sums the members: a "sum" merge.
+    gy = torch.ops.imtok_cuda.merge_apply(grad, src_idx, dst_idx, unm_idx, a_idx, b_idx, "sum", False)
+    return gy, None, None, None, None, None
+
+
+torch.library.register_autograd("imtok_cuda::merge_unmerge", _unmerge_backward, setup_context=_unmerge_setup)
+
+
+_MODES = ("sum", "mean", "amax")
+
+
+def merge_apply(x: torch.Tensor, plan: MergePlan, mode: str = "mean") -> torch.Tensor:
+    """ToMe's merge(x, mode) for a plan: [unm..., dst...] (distill: [unm0, dst0, unm1.., dst1..])."""
+    if mode not in _MODES:
+        raise ValueError("mode must be one of %s, got %r" % (_MODES, mode))
+    return _ops.merge_apply(x, plan.src_idx, plan.dst_idx, plan.unm_idx, plan.a_idx, plan.b_idx, mode,
+                            plan.distill_token)
+
+
+def merge_wavg_plan(x: torch.Tensor, plan: MergePlan, size: Optional[torch.Tensor] = None):
+    """Size-weighted average merge in one pass: (x_out, size_out); size defaults to ones."""
+    return _ops.merge_wavg(x, size, plan.src_idx, plan.dst_idx, plan.unm_idx, plan.a_idx, plan.b_idx,
+                           plan.distill_token)
+
+
+def merge_unmerge(y: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """Upstream unmerge: every token gets its output row back (assumes the [unm, dst] layout, as upstream)."""
+    return _ops.merge_unmerge(y, plan.src_idx, plan.dst_idx, plan.unm_idx, plan.a_idx, plan.b_idx)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# upstream calling convention
+# ---------------------------------------------------------------------------------------------------------
+class _Merge:
+    """merge(x, mode="mean") callable carrying its plan, so merge_wavg/merge_source can use fused kernels."""
+
+    def __init__(self, plan: MergePlan):
+        self.plan = plan
+
+    def __call__(self, x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        return merge_apply(x, self.plan, mode)
+
+
+class _Unmerge:
+    def __init__(self, plan: MergePlan):
+        self.plan = plan
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return merge_unmerge(x, self.plan)
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool = False,
+                            distill_token: bool = False) -> Tuple[Callable, Callable]:
+    """ToMe's bipartite_soft_matching with fused kernels: (merge, unmerge), identity when the clamped r <= 0."""
+    _check_metric(metric)
+    if _ref.tome_clamp_r(metric.shape[1], r, class_token, distill_token) <= 0:
+        return do_nothing, do_nothing
+    plan = tome_match(metric, r, class_token, distill_token)
+    return _Merge(plan), _Unmerge(plan)
+
+
+def bipartite_soft_matching_random2d(metric: torch.Tensor, w: int, h: int, sx: int, sy: int, r: int,
+                                     no_rand: bool = False, generator: Optional[torch.Generator] = None):
+    """tomesd 0.1.3's bipartite_soft_matching_random2d with fused kernels (same random draw from `generator`)."""
+    _check_metric(metric)
+    B, N, _ = metric.shape
+    if N != h * w:
+        raise ValueError("metric has %d tokens but h * w = %d" % (N, h * w))
+    if sx <= 0 or sy <= 0 or sx > w or sy > h:
+        raise ValueError("sx and sy must be in [1, w] and [1, h], got sx=%d, sy=%d" % (sx, sy))
+    if r <= 0:
+        return do_nothing, do_nothing
+    rand_idx = _ref.random2d_rand_idx(h, w, sx, sy, no_rand, generator, metric.device)
+    a_idx, b_idx = random2d_split(rand_idx, h, w, sx, sy)
+    plan = random2d_match(metric, a_idx, b_idx, r)
+    return _Merge(plan), _Unmerge(plan)
+
+
+def merge_wavg(merge: Callable, x: torch.Tensor, size: Optional[torch.Tensor] = None):
+    """ToMe's merge_wavg(merge, x, size) -> (x, size); one fused pass when `merge` comes from this module."""
+    plan = getattr(merge, "plan", None)
+    if plan is None:  # do_nothing or a foreign merge: upstream semantics
+        return _ref.merge_wavg(merge, x, size)
+    return merge_wavg_plan(x, plan, size)
+
+
+def merge_source(merge: Callable, x: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ToMe's merge_source: amax-merge of the token/source adjacency (identity [B, T, T] to start)."""
+    if source is None:
+        n, t, _ = x.shape
+        source = torch.eye(t, device=x.device)[None, ...].expand(n, t, t)
+    return merge(source, mode="amax")
