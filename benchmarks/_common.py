@@ -88,6 +88,23 @@ def compare(family, op, shape, device, fused, reference, warmup=1, reps=5, notes
     return row
 
 
+def main(run):
+    """The command line of every bench_<family>.py: --device, --quick, --out PREFIX (writes .json and .md)."""
+    import argparse
+    import os
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    a = ap.parse_args()
+    rows = run(a.device, a.quick)
+    print(markdown(rows))
+    if a.out:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+        save(rows, a.out)
+
+
 def machine():
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "gpu": gpu,

@@ -7,7 +7,6 @@ Two comparisons per shape, same inputs, same run:
   (softmax(q k^T * scale), then p @ v, p[:, :, 0], p.sum(2)): the only way the anchors give them today.
 Peak extra memory: CUDA allocator peak on GPU, resident-set high-water mark on CPU (benchmarks/_common.py).
 """
-import argparse
 import math
 import os
 import sys
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, markdown, save  # noqa: E402
+from _common import compare, main  # noqa: E402
 
 from imtok_cuda import attention as A  # noqa: E402
 
@@ -67,12 +66,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    a = ap.parse_args()
-    rows = run(a.device, a.quick)
-    print(markdown(rows))
-    if a.out:
-        save(rows, a.out)
+    main(run)

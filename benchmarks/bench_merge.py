@@ -6,14 +6,13 @@ ratio 0.5, stride 2, batch 2 as with classifier-free guidance); Token-Shuffle s 
 
     python benchmarks/bench_merge.py [--quick] [--device cpu|cuda] [--out bench_out/merge]
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, markdown, save  # noqa: E402
+from _common import compare, main  # noqa: E402
 
 from imtok_cuda import merge as M  # noqa: E402
 from imtok_cuda import shuffle as S  # noqa: E402
@@ -101,13 +100,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    rows = run(a.device, a.quick)
-    print(markdown(rows))
-    if a.out:
-        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        save(rows, a.out)
+    main(run)

@@ -10,14 +10,13 @@ Rows:
   ViT throughput          full mode only: ViT-B/16 (random weights), EViT 0.7 @ (3, 6, 9) and GTP vs unpruned
 Quick mode uses smaller batches and a small ViT so that it finishes in well under a minute on a CPU.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, markdown, save  # noqa: E402
+from _common import compare, main  # noqa: E402
 
 from imtok_cuda import prune  # noqa: E402
 from imtok_cuda.reference import prune as ref  # noqa: E402
@@ -107,12 +106,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    a = ap.parse_args()
-    rows = run(a.device, a.quick)
-    print(markdown(rows))
-    if a.out:
-        save(rows, a.out)
+    main(run)

@@ -6,14 +6,13 @@ the memory it would take).
 Geometry is GPSToken-like: mu uniform in [-1, 1], sigma = (2/3) / sqrt(N) (the entropy initialisation's size of
 a region of 1/N of the image) times U(0.6, 1.4), rho in +-0.5, box_sigma = 3.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, markdown, save  # noqa: E402
+from _common import compare, main  # noqa: E402
 
 from imtok_cuda import splat  # noqa: E402
 from imtok_cuda.reference import splat as ref  # noqa: E402
@@ -81,12 +80,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    a = ap.parse_args()
-    rows = run(a.device, a.quick)
-    print(markdown(rows))
-    if a.out:
-        save(rows, a.out)
+    main(run)

@@ -3,14 +3,13 @@
 References: "expand" = (x^2).sum + (e^2).sum - 2 x @ e^T then argmin (taming / LlamaGen / TiTok), and
 torch.cdist + argmin. Both materialize N x K; the fused kernel keeps O(N) + the packed codebook.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, markdown, save  # noqa: E402
+from _common import compare, main  # noqa: E402
 
 from imtok_cuda import vq  # noqa: E402
 from imtok_cuda.reference import vq as ref  # noqa: E402
@@ -28,9 +27,10 @@ def _cdist_argmin(x, cb):
 def shapes(quick):
     # (label, N, K, D, metric, run the reference?)
     if quick:
-        return [("TiTok-like", 16384, 4096, 12, "l2", True),
+        return [("TiTok / One-D-Piece", 16384, 4096, 12, "l2", True),
                 ("LlamaGen VQ-16 (N/4)", 16384, 16384, 8, "l2", True),
-                ("taming f16 (N/4, K/4)", 4096, 4096, 256, "l2", True)]
+                ("LlamaGen VQ-16 b256", 65536, 16384, 8, "l2", False),
+                ("taming f16 (N/4)", 4096, 16384, 256, "l2", True)]
     return [("TiTok / One-D-Piece", 16384, 4096, 12, "l2", True),
             ("TiTok 256x256 tokens", 65536, 4096, 12, "cosine", True),
             ("LlamaGen VQ-16 b256", 65536, 16384, 8, "l2", False),
@@ -66,12 +66,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    a = ap.parse_args()
-    rows = run(a.device, a.quick)
-    print(markdown(rows))
-    if a.out:
-        save(rows, a.out)
+    main(run)

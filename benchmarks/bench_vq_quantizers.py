@@ -5,14 +5,13 @@ entropy aux loss (codebook entropy + per-sample) at d=14 and d=18 vs the anchor'
 not run when its buffers cannot fit); EMA statistics at N=65536, K=16384, D=8 vs one_hot matmul (the anchor)
 and index_add.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, markdown, save  # noqa: E402
+from _common import compare, main  # noqa: E402
 
 from imtok_cuda import vq  # noqa: E402
 from imtok_cuda.reference import vq_quantizers as ref  # noqa: E402
@@ -118,12 +117,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    a = ap.parse_args()
-    rows = run(a.device, a.quick)
-    print(markdown(rows))
-    if a.out:
-        save(rows, a.out)
+    main(run)
