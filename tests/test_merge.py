@@ -350,7 +350,7 @@ def test_random2d_vs_python_loops():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# emulated CUDA kernels
+# emulated CUDA kernels (csrc/merge/merge_kernels.cuh under the shim)
 # ---------------------------------------------------------------------------------------------------------
 @needs_emu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -142,6 +142,7 @@ def test_evit_matches_reference_and_loop(dtype, N):
         assert o.shape == (B, left + 2, C)
 
 
+# emulated CUDA kernels (csrc/prune/prune_kernels.cuh under the shim)
 @pytest.mark.parametrize("N", SIZES)
 def test_evit_emulated_cuda_matches_reference(emu, N):
     B, C = 2, 40
