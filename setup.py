@@ -97,7 +97,10 @@ if not emulate:
 cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
 
 opt = ["-O0", "-g"] if debug else ["-O3"]
-cxx_flags = opt + ["-std=c++20", "-fvisibility=hidden"]
+# -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel` is compiled into this
+# extension; without the flag every CPU kernel silently runs on one thread. The OpenMP runtime is the
+# libgomp.so.1 that torch already loaded (same soname), so there is one thread pool.
+cxx_flags = opt + ["-std=c++20", "-fvisibility=hidden", "-fopenmp"]
 # No --use_fast_math: exact parity with torch's fp32 math on the device too.
 nvcc_flags = opt[:1] + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
 macros = []
@@ -127,7 +130,7 @@ ext = Ext(
     include_dirs=[os.path.join(ROOT, "csrc")],
     define_macros=macros,
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
-    extra_link_args=["-pthread"] if emulate else [],
+    extra_link_args=["-fopenmp"] + (["-pthread"] if emulate else []),
     py_limited_api=False,
 )
 
