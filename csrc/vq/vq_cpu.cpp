@@ -124,13 +124,10 @@ inline void fold_nearest(const acc_t* __restrict__ d, int64_t n, int64_t k0, acc
   acc_t b = best;
   int64_t l_best = -1;
   for (int64_t l = 0; l < n; ++l) {
-    if (d[l] < b) {
+    if (!(d[l] >= b)) {  // one compare: true when smaller, or NaN (b is not NaN here)
       b = d[l];
       l_best = l;
-    } else if (d[l] != d[l]) {
-      b = d[l];
-      l_best = l;
-      break;
+      if (b != b) break;
     }
   }
   if (l_best >= 0) {
