@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from imtok_cuda import merge as _fused
+from imtok_cuda.attention import attention as _fused_attention
 from imtok_cuda.reference import merge as _reference
 
 __all__ = ["apply_tome", "remove_tome", "parse_r", "tome_attention"]
@@ -36,17 +37,23 @@ def parse_r(num_layers: int, r: Union[int, Tuple[int, float], List[int]]) -> Lis
     return [int(min_val + step * i) for i in range(num_layers)]
 
 
-def tome_attention(attn: nn.Module, x: torch.Tensor, size=None):
-    """timm-style attention with proportional attention: returns (out, metric = keys averaged over heads)."""
+def tome_attention(attn: nn.Module, x: torch.Tensor, size=None, fused: bool = False):
+    """timm-style attention with proportional attention: returns (out, metric = keys averaged over heads).
+    fused=True runs imtok_cuda.attention with key_bias = log(size) (no attention map is stored); the explicit
+    softmax path stays for fused=False and whenever attention dropout is active."""
     B, N, C = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = (q @ k.transpose(-2, -1)) * attn.scale
-    if size is not None:
-        logits = logits + size.log()[:, None, None, :, 0]
-    a = logits.softmax(dim=-1)
-    a = attn.attn_drop(a)
-    out = (a @ v).transpose(1, 2).reshape(B, N, C)
+    drop = attn.attn_drop
+    if fused and not (drop.training and getattr(drop, "p", 0.0) > 0):
+        bias = size.log()[..., 0] if size is not None else None
+        out = _fused_attention(q, k, v, key_bias=bias, scale=attn.scale)
+    else:
+        logits = (q @ k.transpose(-2, -1)) * attn.scale
+        if size is not None:
+            logits = logits + size.log()[:, None, None, :, 0]
+        out = drop(logits.softmax(dim=-1)) @ v
+    out = out.transpose(1, 2).reshape(B, N, C)
     out = attn.proj_drop(attn.proj(out))
     return out, k.mean(1)
 
@@ -62,7 +69,7 @@ def _tome_block_forward(self, x: torch.Tensor) -> torch.Tensor:
     info = self._tome_info
     impl = _fused if info["fused"] else _reference
     attn_size = info["size"] if info["prop_attn"] else None
-    x_attn, metric = tome_attention(self.attn, self.norm1(x), attn_size)
+    x_attn, metric = tome_attention(self.attn, self.norm1(x), attn_size, fused=info["fused"])
     x = x + _branch(self, 1)(x_attn)
     r = info["r"].pop(0) if info["r"] else 0
     if r > 0:
