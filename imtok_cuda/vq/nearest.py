@@ -4,11 +4,10 @@
 distance matrix (extra memory O(N) plus a packed copy of the codebook), with torch.argmin's tie rule
 (lowest index) and NaN rule (a NaN distance wins, the first one), fp32 accumulation for half inputs.
 """
-import math
-
 import torch
 
 from .. import _loader  # noqa: F401  (loads the kernels)
+from ..reference import vq as _reference
 
 _METRICS = ("l2", "cosine")
 MAX_TOPK = 128
@@ -57,22 +56,12 @@ def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, me
     """RobusTok latent perturbation ("Image Tokenizer Needs Post-Training"): for the first floor(B * beta)
     samples (dim 0 of x), each token's code is replaced with probability alpha by one drawn uniformly from the
     delta codes nearest to the continuous x (delta <= 128). Returns new indices; apply after the VQ losses.
-    Same random draws as imtok_cuda.reference.vq.latent_perturbation for the same generator state."""
+    The reference's protocol and random draws, with the fused nearest_topk finding the candidates."""
     _check(x, codebook, metric)
-    B = x.shape[0]
-    n_pert = int(math.floor(B * beta))
-    out = indices.clone()
-    if n_pert == 0 or alpha <= 0:
-        return out
-    delta = min(int(delta), codebook.shape[0])
-    if delta > MAX_TOPK:
+    if min(int(delta), codebook.shape[0]) > MAX_TOPK:
         raise ValueError(f"delta must be <= {MAX_TOPK}, got {delta}")
-    cand, _ = nearest_topk(x[:n_pert], codebook, delta, metric)
-    choice = torch.randint(0, delta, cand.shape[:-1], generator=generator, device=x.device)
-    picked = cand.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-    flip = torch.rand(cand.shape[:-1], generator=generator, device=x.device) < alpha
-    out[:n_pert] = torch.where(flip, picked, out[:n_pert])
-    return out
+    return _reference.latent_perturbation(x, codebook, indices, alpha, beta, delta, metric, generator,
+                                          topk=nearest_topk)
 
 
 # ---- fake (meta) kernels -------------------------------------------------------------------------------
