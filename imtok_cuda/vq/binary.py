@@ -5,12 +5,13 @@
 Eval: bits = (sigmoid(z) > 0.5) in z's dtype (in fp16/bf16 this differs from z > 0 for tiny z: sigmoid rounds
 to 0.5). Train: p = sigmoid(z / T), bits = bernoulli(p) + p - p.detach() (straight-through p),
 loss = mean(p (1 - p)) (0 in eval). Decode = bits @ embedding when an embedding [d, D] is given.
-Elementwise torch ops (memory-bound; no dedicated kernel).
+Elementwise torch ops (memory-bound; no dedicated kernel): this is the reference with argument checks.
 """
 from __future__ import annotations
 
 import torch
 
+from ..reference import vq_quantizers as _reference
 from ._qcommon import check_float
 
 __all__ = ["binary_quantize"]
@@ -25,13 +26,4 @@ def binary_quantize(z: torch.Tensor, embedding: torch.Tensor | None = None, trai
         check_float(embedding, "embedding")
         if embedding.dim() != 2 or embedding.shape[0] != z.shape[-1]:
             raise ValueError(f"embedding must have shape [{z.shape[-1]}, D], got {tuple(embedding.shape)}")
-    if training:
-        p = torch.sigmoid(z / temperature)
-        hard = torch.bernoulli(p.detach(), generator=generator)
-        bits = hard + (p - p.detach())
-        loss = (p * (1 - p)).mean()
-    else:
-        bits = (torch.sigmoid(z) > 0.5).to(z.dtype)
-        loss = z.new_zeros(())
-    out = bits @ embedding.to(bits.dtype) if embedding is not None else bits
-    return out, bits, loss
+    return _reference.binary_quantize(z, embedding, training, temperature, generator)
