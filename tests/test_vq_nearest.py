@@ -122,6 +122,54 @@ def test_topk_matches_reference(metric, k):
     assert torch.equal(ti[:, 0], vq.nearest(x, cb, metric)[0])
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("N,K,D", [(3, 7, 12), (67, 5000, 12), (130, 2731, 8), (9, 40, 47)])
+def test_register_path_equals_generic_fold(metric, N, K, D):
+    """fp32 nearest with D < 48 checks the running minimum in registers (AVX2 path on x86); nearest_topk
+    folds every distance in order. Same distances, same order: bit-identical results, across L2 chunks
+    (K=5000 at D=12 is two chunks), partial row groups and partial last lanes."""
+    g = torch.Generator().manual_seed(N * K + D)
+    x = torch.randn(N, D, generator=g)
+    cb = torch.randn(K, D, generator=g)
+    cb[K // 2] = cb[K // 3]              # duplicated code: lower index wins, even in another lane or chunk
+    x[0] = cb[K // 3]
+    x[1] = cb[K - 1] if K > 1 else x[1]  # nearest code in the last, partial lane block
+    dist, idx = torch.ops.imtok_cuda.vq_nearest(x, cb, metric)
+    tdist, tidx = torch.ops.imtok_cuda.vq_nearest_topk(x, cb, 1, metric)
+    assert torch.equal(idx, tidx[:, 0]) and torch.equal(dist, tdist[:, 0])
+    assert idx[0] == K // 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("D", [3, 8, 12, 47])
+def test_codebook_maps_to_itself_at_distance_zero(dtype, D):
+    """Below the BLAS switch (D < 48) |x|^2, |e|^2 and x.e use the same arithmetic, so a code is exactly at
+    distance 0 from itself and quantizing the codebook returns each code's first copy (codes far apart
+    compared with the rounding of the expanded formula, as random codes in D >= 3 are)."""
+    cb = torch.randn(3000, D, generator=torch.Generator().manual_seed(D)).to(dtype)
+    _, inverse = torch.unique(cb, dim=0, return_inverse=True)
+    first = torch.full((len(cb),), len(cb)).scatter_reduce(0, inverse, torch.arange(len(cb)), "amin")[inverse]
+    dist, idx = torch.ops.imtok_cuda.vq_nearest(cb, cb, "l2")
+    assert torch.equal(idx, first)
+    assert torch.all(dist == 0)
+
+
+def test_register_path_ties_and_nan_across_chunks():
+    """Integer data (exact distances, real ties) over a codebook of two L2 chunks; NaN codes and rows."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, (41, 12), generator=g).float()
+    cb = torch.randint(-2, 3, (6000, 12), generator=g).float()
+    cb[4000:] = cb[:2000]                # every code duplicated in the second chunk
+    ridx, rdist = ref.nearest(x, cb)
+    dist, idx = torch.ops.imtok_cuda.vq_nearest(x, cb, "l2")
+    assert torch.equal(idx, ridx) and torch.equal(dist, rdist)
+    cb[4500, 3] = float("nan")           # first NaN in the second chunk wins for every row...
+    x[7, 0] = float("nan")               # ...and a NaN row answers 0
+    dist, idx = torch.ops.imtok_cuda.vq_nearest(x, cb, "l2")
+    assert torch.equal(idx, ref.nearest(x, cb)[0])
+    assert idx[7] == 0 and torch.all(idx[torch.arange(41) != 7] == 4500) and torch.isnan(dist).all()
+
+
 # ---- emulated CUDA kernels ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,9 +1,13 @@
 // CPU kernels of the vq family: nearest code and k nearest codes, fused (no N x K buffer).
 //
 // The codebook is packed once into [D][Kpad] in the accumulation type (fp32, or fp64 for fp64 inputs) with
-// its squared norms; each thread takes blocks of 64 rows, walks the codebook in L2-sized chunks and computes
-// distances of 4 rows x 16 codes in registers (auto-vectorized; AVX2/FMA clone on x86-64), folding them into
-// the running best (or top-k) in code order, so ties go to the lowest index without any extra work.
+// its squared norms; each thread takes blocks of 64 rows and walks the codebook in L2-sized chunks.
+// D < 48, fp32 accumulation, AVX2 + FMA (the register path): distances of 4 rows x 16 codes are computed in
+// registers and compared there with each row's threshold (best so far, or k-th best); only a run of 16 that
+// holds a smaller distance (or a NaN) is handed to the scalar fold, which keeps codes in index order, so ties
+// go to the lowest index without extra work. Dot products and squared norms are then all sequential FMA chains,
+// so x equal to a code is at distance exactly 0. Otherwise every distance is folded (portable vector code), and
+// for D >= 48 the dot products come from BLAS tiles.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,7 +27,10 @@
 #include "vq/vq_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define IMTOK_SIMD_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#include <immintrin.h>
+// "avx2" clones dispatch on the CPU's features ("arch=haswell" clones would only be picked on a Haswell)
+#define IMTOK_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#define IMTOK_VQ_X86 1
 #else
 #define IMTOK_SIMD_CLONES
 #endif
@@ -39,9 +46,46 @@ constexpr int64_t kGemmMinD = 48;   // from here on a BLAS tile beats the regist
 constexpr int64_t kGemmRows = 256;  // GEMM tile: 256 rows x 2048 codes (2 MiB fp32), reused for every block
 constexpr int64_t kGemmCodes = 2048;
 
+#ifdef IMTOK_VQ_X86
+inline bool has_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+__attribute__((target("avx2,fma"))) inline float squared_norm_fma(const float* v, int64_t D) {
+  float s = 0;
+  for (int64_t d = 0; d < D; ++d) s = __builtin_fmaf(v[d], v[d], s);
+  return s;
+}
+#endif
+
+// the register path (see the top of the file) applies to this accumulation type and D on this CPU
+template <typename acc_t>
+bool use_register_path(int64_t D) {
+#ifdef IMTOK_VQ_X86
+  return std::is_same<acc_t, float>::value && D < kGemmMinD && has_avx2_fma();
+#else
+  (void)D;
+  return false;
+#endif
+}
+
+// |v|^2 with the arithmetic of the distance kernel that will use it
+template <typename acc_t>
+acc_t squared_norm(const acc_t* v, int64_t D, bool fma_chain) {
+#ifdef IMTOK_VQ_X86
+  if constexpr (std::is_same<acc_t, float>::value)
+    if (fma_chain) return squared_norm_fma(v, D);
+#endif
+  (void)fma_chain;
+  acc_t s = 0;
+  for (int64_t d = 0; d < D; ++d) s += v[d] * v[d];
+  return s;
+}
+
 template <typename acc_t>
 struct PackedCodebook {
   int64_t K = 0, Kpad = 0, D = 0;
+  bool registers = false;  // use_register_path: norms are FMA chains
   std::vector<acc_t> cbT;  // [D][Kpad], padding codes are zero
   std::vector<acc_t> en;   // [Kpad]: |e|^2 for l2, 0 for cosine; +inf for padding
 };
@@ -52,17 +96,15 @@ PackedCodebook<acc_t> pack_codebook(const at::Tensor& codebook, int metric) {
   p.K = codebook.size(0);
   p.D = codebook.size(1);
   p.Kpad = (p.K + kLanes - 1) / kLanes * kLanes;
+  p.registers = use_register_path<acc_t>(p.D);
   p.cbT.assign(static_cast<size_t>(p.D * p.Kpad), acc_t(0));
   p.en.assign(static_cast<size_t>(p.Kpad), std::numeric_limits<acc_t>::infinity());
   const scalar_t* cb = codebook.data_ptr<scalar_t>();
   at::parallel_for(0, p.K, 256, [&](int64_t k0, int64_t k1) {
     std::vector<acc_t> row(static_cast<size_t>(p.D));
     for (int64_t k = k0; k < k1; ++k) {
-      acc_t sq = 0;
-      for (int64_t d = 0; d < p.D; ++d) {
-        row[d] = static_cast<acc_t>(cb[k * p.D + d]);
-        sq += row[d] * row[d];
-      }
+      for (int64_t d = 0; d < p.D; ++d) row[d] = static_cast<acc_t>(cb[k * p.D + d]);
+      const acc_t sq = squared_norm(row.data(), p.D, p.registers);
       acc_t denom = 1;  // divide like F.normalize (a reciprocal multiply would break exact ties)
       if (metric == kCosine) {  // F.normalize(e, dim=-1, eps=1e-6)
         denom = std::max(std::sqrt(sq), acc_t(1e-6));
@@ -77,8 +119,8 @@ PackedCodebook<acc_t> pack_codebook(const at::Tensor& codebook, int metric) {
 }
 
 // out[r][l] = (xn[r] + en[k0 + l]) - 2 x_r . e_{k0 + l}  for 4 rows and kc (multiple of 16) codes.
-// GCC vector extensions (32-byte vectors) keep the 4 x 16 accumulators in registers; they lower to AVX2/FMA
-// in the haswell clone and to pairs of SSE ops in the default one.
+// GCC vector extensions (32-byte vectors) keep the 4 x 16 accumulators in registers; they lower to AVX2 in
+// the avx2 clone (no FMA: the norms are plain loops too) and to pairs of SSE ops in the default one.
 template <typename acc_t>
 IMTOK_SIMD_CLONES void distance_tile(const acc_t* __restrict__ x, const acc_t* __restrict__ xn,
                                      const acc_t* __restrict__ cbT, const acc_t* __restrict__ en, int64_t D,
@@ -186,13 +228,13 @@ void for_each_distance_gemm(const scalar_t* x, int64_t N, const PackedCodebook<a
   }
 }
 
-// Runs the blocked distance computation and hands every (row, code, distance) to `fold` in code order;
-// init(row, |x|^2) before a row's first code, finish(row) after its last.
-template <typename scalar_t, typename acc_t, typename Init, typename Fold, typename Finish>
-void for_each_distance(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
-                       Fold fold, Finish finish) {
+// Walks rows in blocks of 64 (copied to acc_t, |x|^2 computed once) and the codebook in L2-sized chunks, and
+// hands each group of 4 rows and chunk to group(row0, nrows, xg, xng, k0, kc, kvalid, tile); xg holds 4 rows
+// (rows past N are zero). init(row, |x|^2) before a row's first code, finish(row) after its last.
+template <typename scalar_t, typename acc_t, typename Init, typename Group, typename Finish>
+void for_each_row_group(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
+                        Group group, Finish finish) {
   const int64_t D = p.D;
-  if (D >= kGemmMinD) return for_each_distance_gemm<scalar_t, acc_t>(x, N, p, metric, init, fold, finish);
   const int64_t kc_max = chunk_codes(p);
   at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> xbuf(static_cast<size_t>(kRowBlock * std::max<int64_t>(D, 1)), acc_t(0));
@@ -202,28 +244,119 @@ void for_each_distance(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>
       const int64_t r0 = blk * kRowBlock;
       const int64_t rows = std::min<int64_t>(kRowBlock, N - r0);
       for (int64_t r = 0; r < kRowBlock; ++r) {
-        acc_t sq = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          const acc_t v = r < rows ? static_cast<acc_t>(x[(r0 + r) * D + d]) : acc_t(0);
-          xbuf[r * D + d] = v;
-          sq += v * v;
-        }
+        for (int64_t d = 0; d < D; ++d) xbuf[r * D + d] = r < rows ? static_cast<acc_t>(x[(r0 + r) * D + d]) : acc_t(0);
+        const acc_t sq = squared_norm(xbuf.data() + r * D, D, p.registers);
         xn[r] = metric == kCosine ? acc_t(0) : sq;
         if (r < rows) init(r0 + r, sq);
       }
       for (int64_t k0 = 0; k0 < p.Kpad; k0 += kc_max) {
         const int64_t kc = std::min(kc_max, p.Kpad - k0);
         const int64_t kvalid = std::min(kc, p.K - k0);
-        for (int64_t g = 0; g < rows; g += kRowGroup) {
-          distance_tile<acc_t>(xbuf.data() + g * D, xn.data() + g, p.cbT.data(), p.en.data(), D, p.Kpad, k0, kc,
-                               tile.data());
-          const int64_t gr = std::min<int64_t>(kRowGroup, rows - g);
-          for (int64_t r = 0; r < gr; ++r) fold(r0 + g + r, tile.data() + r * kc, k0, kvalid);
-        }
+        for (int64_t g = 0; g < rows; g += kRowGroup)
+          group(r0 + g, std::min<int64_t>(kRowGroup, rows - g), xbuf.data() + g * D, xn.data() + g, k0, kc, kvalid,
+                tile.data());
       }
       for (int64_t r = 0; r < rows; ++r) finish(r0 + r);
     }
   });
+}
+
+// Hands every (row, code, distance) to fold(row, distances, k0, n) in code order.
+template <typename scalar_t, typename acc_t, typename Init, typename Fold, typename Finish>
+void for_each_distance(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
+                       Fold fold, Finish finish) {
+  if (p.D >= kGemmMinD) return for_each_distance_gemm<scalar_t, acc_t>(x, N, p, metric, init, fold, finish);
+  for_each_row_group<scalar_t, acc_t>(
+      x, N, p, metric, init,
+      [&](int64_t row0, int64_t nrows, const acc_t* xg, const acc_t* xng, int64_t k0, int64_t kc, int64_t kvalid,
+          acc_t* tile) {
+        distance_tile<acc_t>(xg, xng, p.cbT.data(), p.en.data(), p.D, p.Kpad, k0, kc, tile);
+        for (int64_t r = 0; r < nrows; ++r) fold(row0 + r, tile + r * kc, k0, kvalid);
+      },
+      finish);
+}
+
+#ifdef IMTOK_VQ_X86
+// The register path for 4 rows (x, xn) and codes [k0, k0 + kc): for each 16 codes the 4 x 16 distances
+// (|x|^2 + |e|^2) - 2 x.e are computed with FMA chains and compared with thr[r]; a row whose 16 distances hold
+// one with !(d >= thr[r]) (smaller, or NaN on either side) goes to thr[r] = fold(row0 + r, d, code, n) with
+// its n valid distances. Rows from nrows on are padding and are never folded.
+template <typename Fold>
+__attribute__((target("avx2,fma"))) void close_distances_avx2(const float* __restrict__ x,
+                                                              const float* __restrict__ xn,
+                                                              const float* __restrict__ cbT,
+                                                              const float* __restrict__ en, int64_t D,
+                                                              int64_t Kpad, int64_t k0, int64_t kc, int64_t kvalid,
+                                                              int64_t row0, int64_t nrows, float* thr, Fold& fold) {
+  static_assert(kRowGroup == 4 && kLanes == 16, "the register tile below is 4 rows x 16 codes");
+  const __m256 two = _mm256_set1_ps(2.0f);
+  for (int64_t kb = 0; kb < kc; kb += kLanes) {
+    __m256 acc[4][2];
+    for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const float* c = cbT + k0 + kb;
+    for (int64_t d = 0; d < D; ++d) {
+      const __m256 c0 = _mm256_loadu_ps(c + d * Kpad), c1 = _mm256_loadu_ps(c + d * Kpad + 8);
+      for (int r = 0; r < 4; ++r) {
+        const __m256 xv = _mm256_broadcast_ss(x + r * D + d);
+        acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
+      }
+    }
+    const __m256 e0 = _mm256_loadu_ps(en + k0 + kb), e1 = _mm256_loadu_ps(en + k0 + kb + 8);
+    __m256 dist[4][2];
+    int hit = 0;
+    for (int r = 0; r < 4; ++r) {
+      const __m256 xr = _mm256_broadcast_ss(xn + r);
+      const __m256 t = _mm256_set1_ps(thr[r]);
+      dist[r][0] = _mm256_fnmadd_ps(two, acc[r][0], _mm256_add_ps(xr, e0));
+      dist[r][1] = _mm256_fnmadd_ps(two, acc[r][1], _mm256_add_ps(xr, e1));
+      const __m256 m = _mm256_or_ps(_mm256_cmp_ps(dist[r][0], t, _CMP_NGE_UQ),
+                                    _mm256_cmp_ps(dist[r][1], t, _CMP_NGE_UQ));
+      hit |= (_mm256_movemask_ps(m) != 0) << r;
+    }
+    if (__builtin_expect(hit != 0, 0)) {
+      const int64_t n = std::min<int64_t>(kLanes, kvalid - kb);
+      for (int r = 0; r < nrows && n > 0; ++r) {
+        if (!(hit >> r & 1)) continue;
+        alignas(32) float row[kLanes];
+        _mm256_store_ps(row, dist[r][0]);
+        _mm256_store_ps(row + 8, dist[r][1]);
+        thr[r] = fold(row0 + r, row, k0 + kb, n);
+      }
+    }
+  }
+}
+#endif
+
+// Hands fold(row, distances, k0, n) the distances of codes k0 .. k0 + n - 1, in code order. On the register
+// path a run of 16 codes is skipped when none of its distances d has !(d >= threshold(row)), so the fold
+// must be one such a run cannot change (threshold: the best so far, the k-th best, or NaN for "take all").
+template <typename scalar_t, typename acc_t, typename Init, typename Threshold, typename Fold, typename Finish>
+void for_each_candidate(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
+                        Threshold threshold, Fold fold, Finish finish) {
+#ifdef IMTOK_VQ_X86
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (p.registers) {
+      for_each_row_group<scalar_t, acc_t>(
+          x, N, p, metric, init,
+          [&](int64_t row0, int64_t nrows, const float* xg, const float* xng, int64_t k0, int64_t kc,
+              int64_t kvalid, float*) {
+            float thr[kRowGroup];
+            for (int64_t r = 0; r < kRowGroup; ++r)  // padding rows: -inf is never hit (unless by a NaN code)
+              thr[r] = r < nrows ? threshold(row0 + r) : -std::numeric_limits<float>::infinity();
+            auto fold_then_threshold = [&](int64_t row, const float* d, int64_t k, int64_t n) {
+              fold(row, d, k, n);
+              return threshold(row);
+            };
+            close_distances_avx2(xg, xng, p.cbT.data(), p.en.data(), p.D, p.Kpad, k0, kc, kvalid, row0, nrows, thr,
+                                 fold_then_threshold);
+          },
+          finish);
+      return;
+    }
+  }
+#endif
+  for_each_distance<scalar_t, acc_t>(x, N, p, metric, init, fold, finish);
 }
 
 template <typename acc_t>
@@ -253,17 +386,17 @@ std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at:
     acc_t* dist = distances.data_ptr<acc_t>();
     // per-row state lives in the outputs (and sq_norm for cosine) to keep the fold branch-light
     std::vector<acc_t> sq_norm(metric == kCosine ? rows : 0);
-    for_each_distance<scalar_t, acc_t>(
-        x.data_ptr<scalar_t>(), rows, p, metric,
-        [&](int64_t r, acc_t sq) {
-          idx[r] = 0;
-          dist[r] = std::numeric_limits<acc_t>::infinity();
-          if (metric == kCosine) sq_norm[r] = sq;
-        },
-        [&](int64_t r, const acc_t* t, int64_t k0, int64_t kvalid) { fold_nearest(t, kvalid, k0, dist[r], idx[r]); },
-        [&](int64_t r) {
-          if (metric == kCosine) dist[r] = output_distance(dist[r], sq_norm[r], metric);
-        });
+    const auto init = [&](int64_t r, acc_t sq) {
+      idx[r] = 0;
+      dist[r] = std::numeric_limits<acc_t>::infinity();
+      if (metric == kCosine) sq_norm[r] = sq;
+    };
+    const auto finish = [&](int64_t r) {
+      if (metric == kCosine) dist[r] = output_distance(dist[r], sq_norm[r], metric);
+    };
+    for_each_candidate<scalar_t, acc_t>(
+        x.data_ptr<scalar_t>(), rows, p, metric, init, [&](int64_t r) { return dist[r]; },
+        [&](int64_t r, const acc_t* t, int64_t k0, int64_t n) { fold_nearest(t, n, k0, dist[r], idx[r]); }, finish);
   });
   return {distances, indices};
 }
@@ -289,11 +422,14 @@ std::tuple<at::Tensor, at::Tensor> nearest_topk_cpu(const at::Tensor& x_in, cons
     acc_t* dist = distances.data_ptr<acc_t>();
     std::vector<acc_t> sq_norm(metric == kCosine ? rows : 0);
     std::vector<int64_t> count(rows, 0);
-    for_each_distance<scalar_t, acc_t>(
+    for_each_candidate<scalar_t, acc_t>(
         x.data_ptr<scalar_t>(), rows, p, metric,
         [&](int64_t r, acc_t sq) {
           count[r] = 0;
           if (metric == kCosine) sq_norm[r] = sq;
+        },
+        [&](int64_t r) {  // the k-th best; NaN (everything enters) while fewer than k
+          return count[r] == k ? dist[r * k + k - 1] : std::numeric_limits<acc_t>::quiet_NaN();
         },
         [&](int64_t r, const acc_t* t, int64_t k0, int64_t kvalid) {
           acc_t* td = dist + r * k;
