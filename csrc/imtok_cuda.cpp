@@ -85,7 +85,14 @@ void define_schemas(torch::Library& m) {
 TORCH_LIBRARY(imtok_cuda, m) { define_schemas(m); }
 
 #ifdef IMTOK_EMULATE_CUDA
-TORCH_LIBRARY(imtok_cuda_emu, m) { define_schemas(m); }
+TORCH_LIBRARY(imtok_cuda_emu, m) {
+  define_schemas(m);
+  // test-only: the SIMT twin of the tensor-core forward for fp16 / bf16 (same contract)
+  m.def("attention_forward_simt(Tensor q, Tensor k, Tensor v, Tensor? key_bias=None, Tensor? key_mask=None, "
+        "bool causal=False, float? scale=None, bool return_cls_attn=False, bool return_col_sum=False, "
+        "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None) "
+        "-> (Tensor out, Tensor lse, Tensor cls_attn, Tensor col_sum)");
+}
 #endif
 
 // A plain Python module, so `import imtok_cuda._C` loads the library and its registrations.

@@ -170,8 +170,10 @@ def test_packed_sequences_equal_separate_calls(impl, request, causal):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_fp32(impl, request, dtype):
     ops = ops_for(impl, request)
+    # fp16 / bf16 run on tensor cores on a GPU (tested below); this is the SIMT kernel, all-fp32 inside
+    forward = ops.attention_forward if impl == "cpu" else ops.attention_forward_simt
     q, k, v, kb, km = make(2, 2, 19, 23, 16, dtype, bias=True, mask=True, seed=4)
-    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, True, None, True, True)
+    out, lse, cls, col = forward(q, k, v, kb, km, True, None, True, True)
     r = ref.attention(q, k, v, kb, km, True, None, True, True, True)  # fp32 math on the same half inputs
     assert out.dtype == dtype and lse.dtype == torch.float32
     # The kernel and the reference both compute in fp32 from the same half inputs; they differ by fp32
@@ -183,6 +185,69 @@ def test_half_inputs_accumulate_in_fp32(impl, request, dtype):
     torch.testing.assert_close(lse[fin], r.lse[fin], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cls, r.cls_attn, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(col, r.col_sum, rtol=1e-5, atol=1e-4)
+
+
+# ---- tensor-core forward (fp16 / bf16; emulated wmma here, real tensor cores with -m cuda) -------------------
+def tensor_core_atol(v, dtype):
+    """P is rounded to the input type before P V (as in FlashAttention): each weight carries a relative error
+    of at most u (2^-11 fp16, 2^-8 bf16) and the weights sum to 1, so |out - ref| <= u max|v|, plus one ulp of
+    max|v| for the two final roundings (kernel and reference both round out to the half type once)."""
+    u = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -8
+    vmax = v.abs().max().item() if v.numel() else 1.0
+    ulp = 2.0 ** math.floor(math.log2(max(vmax, 1e-3))) * 2 * u
+    return 1.05 * (u * vmax + ulp)
+
+
+# (Nq, Nk, d, bias, mask, causal): several 64-query blocks and 64-key tiles (partial ones too), d padded to
+# a multiple of 16 (1, 33), d = 128 (the largest tiles), causal both ways, and empty sides
+TC_CASES = [
+    (1, 1, 8, False, False, False),
+    (130, 150, 64, True, True, False),
+    (70, 40, 33, False, True, True),   # causal, Nq > Nk: the first 30 queries see no key
+    (40, 200, 128, True, False, True),
+    (9, 65, 1, True, True, False),
+    (0, 5, 16, True, True, False),
+    (6, 0, 16, False, False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Nq,Nk,d,bias,mask,causal", TC_CASES)
+def test_tensor_core_forward_matches_reference(emu, dtype, Nq, Nk, d, bias, mask, causal):
+    q, k, v, kb, km = make(2, 1, Nq, Nk, d, dtype, bias, mask, seed=5)
+    out, lse, cls, col = emu.attention_forward(q, k, v, kb, km, causal, None, True, True)
+    r = ref.attention(q, k, v, kb, km, causal, None, True, True, True)  # fp32 math on the same half inputs
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    atol = tensor_core_atol(v, dtype)
+    torch.testing.assert_close(out.float(), r.out.float(), rtol=0, atol=atol)
+    # scores are fp32 sums of exact products on tensor cores too, so lse and the side outputs stay fp32-tight
+    assert_same_inf(lse, r.lse)
+    fin = torch.isfinite(r.lse)
+    torch.testing.assert_close(lse[fin], r.lse[fin], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cls, r.cls_attn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(col, r.col_sum, rtol=1e-5, atol=1e-4)
+    # the SIMT twin (fp32 P) agrees within the same bound
+    s_out, s_lse, _, _ = emu.attention_forward_simt(q, k, v, kb, km, causal)
+    torch.testing.assert_close(out.float(), s_out.float(), rtol=0, atol=2 * atol)
+    torch.testing.assert_close(lse[fin], s_lse[fin], rtol=1e-5, atol=1e-5)
+
+
+def test_tensor_core_masked_rows_and_packed_sequences(emu):
+    q, k, v, kb, km = make(1, 2, 100, 100, 32, torch.float16, bias=True, mask=True, seed=6)
+    km[0, :] = False
+    km[0, 70] = True  # one key left
+    out, lse, _, _ = emu.attention_forward(q, k, v, kb, km, False)
+    torch.testing.assert_close(out, v[:, :, 70:71].expand_as(out), rtol=0, atol=0)  # p = 1 exactly
+    km[0, 70] = False  # no key left: out 0, lse -inf
+    out, lse, _, _ = emu.attention_forward(q, k, v, kb, km, False)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+    # packed sequences: the same tiles as separate calls, so bit-identical
+    cu = torch.tensor([0, 30, 30, 95, 100], dtype=torch.int32)
+    km = torch.rand(1, 100, generator=torch.Generator().manual_seed(7)) > 0.2
+    out, lse, _, _ = emu.attention_forward(q, k, v, kb, km, True, None, False, False, 0, -1, cu)
+    for a, b in [(0, 30), (30, 95), (95, 100)]:
+        o_s, l_s, _, _ = emu.attention_forward(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb[:, a:b], km[:, a:b], True)
+        assert torch.equal(out[:, :, a:b], o_s) and torch.equal(lse[:, :, a:b], l_s)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -443,8 +508,11 @@ def test_cuda_matches_reference(dtype, Nq, Nk, d, bias, mask, causal):
     ops = torch.ops.imtok_cuda
     out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, None, True, True)
     r = ref.attention(q, k, v, kb, km, causal, None, True, True, True)
-    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
-    torch.testing.assert_close(out.float(), r.out.float(), rtol=tol, atol=tol)
+    if dtype in (torch.float16, torch.bfloat16):  # tensor cores (sm_80+)
+        torch.testing.assert_close(out.float(), r.out.float(), rtol=0, atol=tensor_core_atol(v, dtype))
+    else:
+        tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype]
+        torch.testing.assert_close(out, r.out, rtol=tol, atol=tol)
     torch.testing.assert_close(cls, r.cls_attn, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(col, r.col_sum, rtol=1e-4, atol=1e-3)
     if dtype in (torch.float32, torch.float64) and Nq > 0 and Nk > 0:

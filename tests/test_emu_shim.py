@@ -58,3 +58,34 @@ def test_shim_recovers_after_an_error(emu):
         run(emu, "missing_barrier")
     x = torch.arange(128, dtype=torch.float32)
     assert run(emu, "block_sum", x)[0][0].item() == x.sum().item()
+
+
+# ---- emulated wmma (tensor-core tiles) ------------------------------------------------------------------
+WMMA = {"gemm": 0, "no_syncwarp": 1, "divergent": 2, "misaligned": 3}
+
+
+def wmma_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # small integers: every product and sum is exact in fp32, so the result must be exact
+    a = torch.randint(-4, 5, (32, 32), generator=g).half()
+    b = torch.randint(-4, 5, (32, 32), generator=g).half()
+    return a, b
+
+
+def test_wmma_gemm_row_and_col_major(emu):
+    a, b = wmma_inputs()
+    out = emu.shim_wmma_selftest(WMMA["gemm"], a, b)
+    assert torch.equal(out[0], a.float() @ b.float())    # B loaded row-major
+    assert torch.equal(out[1], a.float() @ b.float().t())  # B loaded col-major: A B^T
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_syncwarp", "data race on shared memory"),
+    ("divergent", "different wmma::"),
+    ("misaligned", "not 32-byte aligned"),
+])
+def test_broken_wmma_kernels_are_reported(emu, case, message):
+    a, b = wmma_inputs()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=message):
+            emu.shim_wmma_selftest(WMMA[case], a, b)

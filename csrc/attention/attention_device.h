@@ -7,6 +7,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
+#if defined(__CUDACC__)
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 #include <limits>
 #include <tuple>
@@ -14,6 +17,7 @@
 
 #include "attention/attention_common.h"
 #include "attention/attention_kernels.cuh"
+#include "attention/attention_tc_kernels.cuh"
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
@@ -61,10 +65,42 @@ inline const acc_t* opt_ptr(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<acc_t>() : static_cast<const acc_t*>(nullptr);
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+// fp16 / bf16 forward tiles go to the tensor cores where the device has bf16 wmma (sm_80+; always under the
+// shim, which emulates wmma)
+inline bool tensor_cores_available(const at::Tensor& like) {
+#if defined(__CUDACC__)
+  return at::cuda::getDeviceProperties(like.get_device())->major >= 8;
+#else
+  (void)like;
+  return true;
+#endif
+}
+
+// The tensor-core forward for fp16 / bf16 (out, lse); false, launching nothing, for other types or devices.
+template <typename scalar_t, typename acc_t, typename Stream>
+bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
+                       const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, bool causal, at::Tensor& out,
+                       at::Tensor& lse, Stream stream) {
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    if (!tensor_cores_available(q)) return false;
+    const size_t smem = tc_layout(d).bytes;
+    auto kern = attn_fwd_tc_kernel<scalar_t>;
+    allow_smem(kern, smem);
+    IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem, stream,
+                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk,
+                 d, sc, causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
+    return true;
+  } else {
+    return false;
+  }
+}
+
+// tensor_cores = false keeps fp16 / bf16 on the SIMT kernel (its twin, for tests: attention_forward_simt).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& key_bias,
     const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
-    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
+    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens,
+    bool tensor_cores) {
   const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, scale, cu_seqlens);
   imtok::attention::check_col_range(col_sum_start, col_sum_end);
   check_grid(p);
@@ -85,7 +121,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const acc_t sc = static_cast<acc_t>(p.scale);
     const acc_t* addp = opt_ptr<acc_t>(add);
     const int64_t* sp = segs.data_ptr<int64_t>();
-    {
+    const bool on_tc = tensor_cores && launch_forward_tc<scalar_t>(q, k, v, addp, sp, ns, p, d, sc, causal, out, lse,
+                                                                    stream);
+    if (!on_tc) {
       const size_t smem = ((kBM + 2 * kBN) * ld + kBM * kBN + 3 * kBM) * sizeof(acc_t);
       auto kern = attn_fwd_kernel<scalar_t, acc_t>;
       allow_smem(kern, smem);
@@ -109,6 +147,21 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     }
   });
   return {out, lse, cls, col};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& key_bias,
+    const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
+    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
+  return forward_impl(q, k, v, key_bias, key_mask, causal, scale, return_cls_attn, return_col_sum, col_sum_start,
+                      col_sum_end, cu_seqlens, /*tensor_cores=*/true);
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_simt(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& key_bias,
+    const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
+    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
+  return forward_impl(q, k, v, key_bias, key_mask, causal, scale, return_cls_attn, return_col_sum, col_sum_start,
+                      col_sum_end, cu_seqlens, /*tensor_cores=*/false);
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(

@@ -56,4 +56,18 @@ IMTOK_HD float imtok_exp(float x) { return expf(x); }
 IMTOK_HD double imtok_exp(double x) { return exp(x); }
 IMTOK_HD float imtok_log(float x) { return logf(x); }
 IMTOK_HD double imtok_log(double x) { return log(x); }
+
+// A typed view of dynamic shared memory `bytes` into the block's buffer, for kernels that keep regions of
+// different element types in it (raw pointer on the GPU, bounds- and race-checked span under the shim).
+#if defined(__CUDACC__)
+template <typename U, typename T>
+__device__ __forceinline__ U* smem_region(T* base, size_t bytes) {
+  return reinterpret_cast<U*>(reinterpret_cast<unsigned char*>(base) + bytes);
+}
+#elif defined(IMTOK_EMULATE_CUDA)
+template <typename U, typename T>
+imtok_emu::SharedSpan<U> smem_region(const imtok_emu::SharedSpan<T>& base, size_t bytes) {
+  return (base.template as<unsigned char>() + static_cast<int64_t>(bytes)).template as<U>();
+}
+#endif
 }  // namespace imtok

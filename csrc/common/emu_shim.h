@@ -108,6 +108,7 @@ struct Warp {
   Barrier barrier;
   uint64_t slots[32];
   int active = 32;
+  float mma_a[256], mma_b[256], mma_c[256];  // the warp's tiles during an emulated wmma::mma_sync
 };
 
 class LaunchState {
@@ -372,6 +373,11 @@ template <typename T> T imtok_max(const SharedRef<T>& a, const T& b) { const T x
 template <typename T> T imtok_max(const T& a, const SharedRef<T>& b) { const T y = b; return a < y ? y : a; }
 template <typename T> T imtok_max(const SharedRef<T>& a, const SharedRef<T>& b) { const T x = a, y = b; return x < y ? y : x; }
 
+// element types whose shared-memory accesses go through SharedRef (race-checked); emu_wmma.h adds the
+// half-precision types
+template <typename T>
+struct is_tracked : std::is_arithmetic<T> {};
+
 template <typename T, size_t N>
 struct SharedArray {
   T data[N];
@@ -379,7 +385,7 @@ struct SharedArray {
   decltype(auto) operator[](int64_t i) {
     if (i < 0 || static_cast<size_t>(i) >= N)
       fail("shared-memory index " + std::to_string(i) + " out of bounds [0, " + std::to_string(N) + ")");
-    if constexpr (std::is_arithmetic<T>::value)
+    if constexpr (is_tracked<T>::value)
       return SharedRef<T>{&data[i], &shadow[i]};
     else
       return (data[i]);
@@ -395,7 +401,7 @@ struct SharedSpan {
   decltype(auto) operator[](int64_t i) const {
     if (i < 0 || i >= n)
       fail("dynamic shared-memory index " + std::to_string(i) + " out of bounds [0, " + std::to_string(n) + ")");
-    if constexpr (std::is_arithmetic<T>::value)
+    if constexpr (is_tracked<T>::value)
       return SharedRef<T>{ptr + i, shadow + (reinterpret_cast<unsigned char*>(ptr + i) - base)};
     else
       return (ptr[i]);
@@ -537,6 +543,8 @@ inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+
+#include "common/emu_wmma.h"
 
 #define IMTOK_SHARED_ARRAY(T, name, n) static imtok_emu::SharedArray<T, (n)> name
 #define IMTOK_SHARED_ARRAY2(T, name, n, m) static imtok_emu::SharedArray<imtok_emu::SharedArray<T, (m)>, (n)> name
