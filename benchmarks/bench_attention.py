@@ -41,10 +41,12 @@ def shapes(quick):
 def run(device="cpu", quick=False):
     rows = []
     reps = 2 if quick else 5
-    for label, B, H, N, d in shapes(quick):
+    # on a GPU also bf16, where imtok_cuda runs its tensor-core forward and SDPA its FlashAttention kernel
+    dtypes = [torch.float32, torch.bfloat16] if device != "cpu" else [torch.float32]
+    for (label, B, H, N, d), dtype in [(s, t) for s in shapes(quick) for t in dtypes]:
         g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(B, H, N, d, generator=g).to(device) for _ in range(3))
-        shape = f"{label}: B={B} H={H} N={N} d={d}"
+        q, k, v = (torch.randn(B, H, N, d, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+        shape = f"{label}: B={B} H={H} N={N} d={d}" + ("" if dtype == torch.float32 else " bf16")
         rows.append(compare("attention", "output only vs SDPA", shape, device,
                             lambda: A.attention(q, k, v), lambda: F.scaled_dot_product_attention(q, k, v),
                             reps=reps))

@@ -244,10 +244,15 @@ def test_tensor_core_masked_rows_and_packed_sequences(emu):
     # packed sequences: the same tiles as separate calls, so bit-identical
     cu = torch.tensor([0, 30, 30, 95, 100], dtype=torch.int32)
     km = torch.rand(1, 100, generator=torch.Generator().manual_seed(7)) > 0.2
-    out, lse, _, _ = emu.attention_forward(q, k, v, kb, km, True, None, False, False, 0, -1, cu)
+    out, lse, cls, col = emu.attention_forward(q, k, v, kb, km, True, None, True, True, 2, 50, cu)
+    r = ref.attention(q, k, v, kb, km, True, None, True, True, True, (2, 50), cu)
+    torch.testing.assert_close(col, r.col_sum, rtol=1e-5, atol=1e-4)  # column sums over queries [2, 50)
+    torch.testing.assert_close(cls, r.cls_attn, rtol=1e-5, atol=1e-5)
     for a, b in [(0, 30), (30, 95), (95, 100)]:
-        o_s, l_s, _, _ = emu.attention_forward(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb[:, a:b], km[:, a:b], True)
+        o_s, l_s, c_s, s_s = emu.attention_forward(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb[:, a:b], km[:, a:b],
+                                                   True, None, True, True, 2, 50)
         assert torch.equal(out[:, :, a:b], o_s) and torch.equal(lse[:, :, a:b], l_s)
+        assert torch.equal(col[:, :, a:b], s_s) and torch.equal(cls[:, :, a:b], c_s)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

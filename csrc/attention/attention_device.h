@@ -7,9 +7,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
-#if defined(__CUDACC__)
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
 #include <limits>
 #include <tuple>
@@ -69,7 +66,9 @@ inline const acc_t* opt_ptr(const at::Tensor& t) {
 // shim, which emulates wmma)
 inline bool tensor_cores_available(const at::Tensor& like) {
 #if defined(__CUDACC__)
-  return at::cuda::getDeviceProperties(like.get_device())->major >= 8;
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, like.get_device()));
+  return major >= 8;
 #else
   (void)like;
   return true;
@@ -89,6 +88,24 @@ bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem, stream,
                  q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk,
                  d, sc, causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
+    return true;
+  } else {
+    return false;
+  }
+}
+
+// The tensor-core column sums for fp16 / bf16 (after a tensor-core forward); false for other types.
+template <typename scalar_t, typename acc_t, typename Stream>
+bool launch_colsum_tc(const at::Tensor& q, const at::Tensor& k, const acc_t* addp, const int64_t* sp, int64_t ns,
+                      const Problem& p, int d, acc_t sc, bool causal, const at::Tensor& lse, int64_t start,
+                      int64_t end, at::Tensor& col, Stream stream) {
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    const size_t smem = colsum_tc_smem(d);
+    auto kern = attn_colsum_tc_kernel<scalar_t>;
+    allow_smem(kern, smem);
+    IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kTcBN)), dim3(kTcThreads), smem, stream,
+                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
+                 lse.data_ptr<acc_t>(), start, end, col.data_ptr<acc_t>());
     return true;
   } else {
     return false;
@@ -137,7 +154,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
                    lse.data_ptr<acc_t>(), cls.data_ptr<acc_t>());
     }
-    if (return_col_sum) {
+    if (return_col_sum && !(on_tc && launch_colsum_tc<scalar_t>(q, k, addp, sp, ns, p, d, sc, causal, lse,
+                                                                  col_sum_start, col_sum_end, col, stream))) {
       const size_t smem = ((kBN + kBM) * ld + kBM * kBN + kBM) * sizeof(acc_t);
       auto kern = attn_colsum_kernel<scalar_t, acc_t>;
       allow_smem(kern, smem);

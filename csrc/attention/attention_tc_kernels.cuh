@@ -1,7 +1,8 @@
 // Tensor-core forward of the attention family for fp16 / bf16 inputs: wmma 16 x 16 x 16 tiles with fp32
 // accumulation (sm_80 and newer; under the CPU shim through the emulated wmma of common/emu_wmma.h).
 //
-// Same contract as attn_fwd_kernel (writes out and lse; the CLS-row and column-sum kernels then read lse).
+// attn_fwd_tc_kernel has the contract of attn_fwd_kernel (writes out and lse) and attn_colsum_tc_kernel that
+// of attn_colsum_kernel (column sums from lse); the CLS row (one query) stays on the SIMT kernel.
 // One block of 4 warps per (segment, head, 64 queries); each warp owns 16 query rows. Per tile of 64 keys:
 //   S = Q K^T on tensor cores (fp32), stored to shared memory;
 //   online softmax on two lanes per row: scale, key bias / mask, causal limit, running max and sum in fp32;
@@ -174,6 +175,91 @@ __global__ void __launch_bounds__(kTcThreads)
     for (int c = c_lo; c < c_hi && c < d; ++c) out[row * d + c] = static_cast<scalar_t>(sO[r * L.ldo + c] * inv);
     if (half == 0) lse[row] = l_run > 0.f ? m_run + imtok_log(l_run) : -INFINITY;
   }
+#endif
+}
+
+// Column sums of the probabilities over queries [start, end): one block per (segment, head, 64 keys); query
+// tiles of 64 in increasing order; S = Q K^T on tensor cores, then thread t sums column t % 64 over half of
+// the tile's rows (t / 64), the two halves are added at the end: a fixed order, deterministic.
+// smem: sK [64][dp+8] | sQ [64][dp+8] (16-bit) | sS [64][68] | sLse [64] | sPart [64] (fp32)
+IMTOK_HD size_t colsum_tc_smem(int d) {
+  const int dp = (d + 15) / 16 * 16;
+  return size_t(kTcBN + kTcBM) * (dp + 8) * 2 + (size_t(kTcBM) * (kTcBN + 4) + kTcBM + kTcBN) * 4;
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_colsum_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                          const float* __restrict__ add, const int64_t* __restrict__ segs, int64_t H, int64_t Nq,
+                          int64_t Nk, int d, float scale, bool causal, const float* __restrict__ lse, int64_t start,
+                          int64_t end, float* __restrict__ col) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#else
+  namespace wm = imtok_wmma;
+  using mt = typename mma_element<scalar_t>::type;
+  const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
+  const SegInfo sg = load_seg(segs, seg);
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * kTcBN;
+  if (k0 >= sg.nk) return;
+  const int64_t n = imtok_min<int64_t>(kTcBN, sg.nk - k0);
+  const int64_t bh = sg.b * H + h;
+  const int dp = (d + 15) / 16 * 16, ldh = dp + 8, lds = kTcBN + 4;
+  IMTOK_DYNAMIC_SHARED(unsigned char, smem);
+  auto sK = smem_region<mt>(smem, 0);
+  auto sQ = smem_region<mt>(smem, size_t(kTcBN) * ldh * 2);
+  auto sS = smem_region<float>(smem, size_t(kTcBN + kTcBM) * ldh * 2);
+  auto sLse = sS + kTcBM * lds;
+  auto sPart = sLse + kTcBM;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const scalar_t* Kb = k + (bh * Nk + sg.ko + k0) * d;
+  for (int e = tid; e < kTcBN * dp; e += kTcThreads) {
+    const int j = e / dp, c = e % dp;
+    const float x = j < n && c < d ? static_cast<float>(Kb[static_cast<int64_t>(j) * d + c]) : 0.f;
+    sK[j * ldh + c] = mma_element<scalar_t>::from_float(x);
+  }
+  int64_t hi = end < 0 ? sg.nq : imtok_min<int64_t>(end, sg.nq);
+  int64_t lo = imtok_min<int64_t>(start, hi);
+  if (causal) lo = imtok_max<int64_t>(lo, k0 - (sg.nk - sg.nq));
+  const int j = tid % kTcBN, rh = tid / kTcBN;  // this thread's key column and half of the query rows
+  const float addj = add && j < n ? add[sg.b * Nk + sg.ko + k0 + j] : 0.f;
+  float acc = 0.f;
+  for (int64_t i0 = lo; i0 < hi; i0 += kTcBM) {
+    const int64_t M = imtok_min<int64_t>(kTcBM, hi - i0);
+    __syncthreads();  // K staged / the previous tile's S and lse consumed
+    const scalar_t* Qb = q + (bh * Nq + sg.qo + i0) * d;
+    for (int e = tid; e < kTcBM * dp; e += kTcThreads) {
+      const int r = e / dp, c = e % dp;
+      const float x = r < M && c < d ? static_cast<float>(Qb[static_cast<int64_t>(r) * d + c]) : 0.f;
+      sQ[r * ldh + c] = mma_element<scalar_t>::from_float(x);
+    }
+    if (tid < kTcBM) sLse[tid] = tid < M ? lse[bh * Nq + sg.qo + i0 + tid] : -INFINITY;
+    __syncthreads();
+    {
+      wm::fragment<wm::accumulator, 16, 16, 16, float> s_acc[kTcBN / 16];
+      for (int nt = 0; nt < kTcBN / 16; ++nt) wm::fill_fragment(s_acc[nt], 0.f);
+      for (int kk = 0; kk < dp / 16; ++kk) {
+        wm::fragment<wm::matrix_a, 16, 16, 16, mt, wm::row_major> a;
+        wm::load_matrix_sync(a, sQ + (warp * 16) * ldh + kk * 16, ldh);
+        for (int nt = 0; nt < kTcBN / 16; ++nt) {
+          wm::fragment<wm::matrix_b, 16, 16, 16, mt, wm::col_major> b;
+          wm::load_matrix_sync(b, sK + (nt * 16) * ldh + kk * 16, ldh);
+          wm::mma_sync(s_acc[nt], a, b, s_acc[nt]);
+        }
+      }
+      for (int nt = 0; nt < kTcBN / 16; ++nt)
+        wm::store_matrix_sync(sS + (warp * 16) * lds + nt * 16, s_acc[nt], lds, wm::mem_row_major);
+    }
+    __syncthreads();  // a column sum reads the rows of every warp
+    for (int rr = 0; rr < kTcBM / 2; ++rr) {
+      const int r = rh * (kTcBM / 2) + rr;
+      const float l = sLse[r];
+      if (r < M && j < n && l != -INFINITY && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk))
+        acc += imtok_exp(sS[r * lds + j] * scale + addj - l);  // exp(-inf) = 0 for a masked key
+    }
+  }
+  if (rh == 1) sPart[j] = acc;
+  __syncthreads();
+  if (rh == 0 && j < n) col[bh * Nk + sg.ko + k0 + j] = acc + sPart[j];
 #endif
 }
 
