@@ -130,10 +130,28 @@ def gtp_rank(attn):
     return torch.diagonal(attn, dim1=-2, dim2=-1)[:, :, 1:].amax(1) * attn[:, :, :, 1:].sum(-2).amax(1)
 
 
+def gtp_rank_from_side_outputs(q, k, lse, col_sum, key_bias=None, scale=None):
+    """gtp_rank without the attention map, from the fused attention's side outputs: the diagonal is
+    p_ii = exp(scale q_i . k_i + key_bias_i - lse_i) (one dot product per token), the column sums per head are
+    col_sum [B, H, N]. q, k [B, H, N, d]; lse [B, H, N]; key_bias [B, N] or None. -> [B, N-1] (lse's dtype)."""
+    acc = lse.dtype
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q.to(acc) * k.to(acc)).sum(-1) * scale
+    if key_bias is not None:
+        s = s + key_bias.to(acc).unsqueeze(1)
+    diag = torch.exp(s - lse)
+    return diag[:, :, 1:].amax(1) * col_sum[:, :, 1:].amax(1)
+
+
 def gtp_select(attn, num_prop):
     """(kept_idx [B, N-1-P], prop_idx [B, P]) into x (CLS = 0) from the attention map: argsort(rank, descending),
     the first N-1-P kept in rank order, the last P propagated (P = 0 keeps every token)."""
-    order = torch.argsort(gtp_rank(attn), dim=1, descending=True) + 1
+    return gtp_select_by_rank(gtp_rank(attn), num_prop)
+
+
+def gtp_select_by_rank(rank, num_prop):
+    """gtp_select from the rank [B, N-1] (gtp_rank or gtp_rank_from_side_outputs)."""
+    order = torch.argsort(rank, dim=1, descending=True) + 1
     n = order.shape[1] - num_prop
     return order[:, :n], order[:, n:]
 

@@ -629,6 +629,21 @@ def test_evit_model_matches_reference_forward():
     assert model.token_counts == [17, 17, 10, 7, 7]
 
 
+def test_gtp_rank_from_side_outputs_equals_rank_of_the_map():
+    from imtok_cuda.attention import attention_with_side_outputs
+
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 3, 17, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.rand(2, 17, generator=g, dtype=torch.float64).add(0.5).log()  # log token scales
+    res = attention_with_side_outputs(q, k, v, key_bias=bias, cls_attn=False, col_sum=True)
+    rank = P.gtp_rank_from_side_outputs(q, k, res.lse, res.col_sum, bias)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8) + bias[:, None, None, :], -1)
+    torch.testing.assert_close(rank, R.gtp_rank(attn), rtol=1e-12, atol=1e-14)
+    kept, prop = P.gtp_select_by_rank(rank, 4)
+    rk, rp = R.gtp_select(attn, 4)
+    assert torch.equal(kept, rk) and torch.equal(prop, rp)
+
+
 def test_gtp_model_matches_reference_forward():
     from imtok.models.vit import VisionTransformer
     from imtok.reduction.gtp import apply_gtp

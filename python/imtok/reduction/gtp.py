@@ -2,7 +2,8 @@
 
 A graph over the image tokens is built once from the embeddings (spatial 8-neighbours, semantic top-K cosine, or
 both), symmetric-normalized. Every block: attention with log(token_scales) added to the logits, x += attn;
-rank = max_h diag(attn)[1:] * max_h column_sums(attn)[1:]; the num_prop lowest-ranked tokens are propagated into
+rank = max_h diag(attn)[1:] * max_h column_sums(attn)[1:] (from the fused attention's LSE and column sums:
+no attention map is stored); the num_prop lowest-ranked tokens are propagated into
 their graph neighbours (x_kept += alpha * G[kept, prop] @ x_prop) and dropped; G <- G[kept, kept]; token_scales
 updated the same way; then the MLP. The graph lives as neighbour lists and propagation never forms a dense
 N x N product (imtok_cuda.prune.gtp_graph / gtp_propagate).
@@ -20,16 +21,38 @@ class GTPBlock(Block):
         from imtok_cuda import prune
 
         B, N, _ = x.shape
-        bias = None if token_scales is None else token_scales.log().to(x.dtype).reshape(B, 1, 1, N)
-        a, attn = self.attn(self.norm1(x), attn_bias=bias, return_attn=True)
-        x = x + self.drop_path(a)
         num_prop = min(self.num_prop, N - 2)  # keep at least one image token
+        bias = None if token_scales is None else token_scales.log().to(x.dtype)
+        drop = self.attn.attn_drop
+        if num_prop > 0 and not (drop.training and drop.p > 0):
+            # fused attention: column sums and LSE (hence the diagonal), no [B, H, N, N] map is stored
+            a, rank = self._attention_with_rank(self.norm1(x), bias)
+        else:  # nothing to rank, or attention dropout (the fused op has none): the explicit attention
+            attn_bias = None if bias is None else bias.reshape(B, 1, 1, N)
+            if num_prop > 0:
+                a, attn = self.attn(self.norm1(x), attn_bias=attn_bias, return_attn=True)
+                rank = prune.gtp_rank(attn)
+            else:
+                a = self.attn(self.norm1(x), attn_bias=attn_bias)
+        x = x + self.drop_path(a)
         if num_prop > 0:
-            kept, prop = prune.gtp_select(attn, num_prop)
+            kept, prop = prune.gtp_select_by_rank(rank, num_prop)
             x, (nbr_idx, nbr_w), token_scales = prune.gtp_propagate(x, kept, prop, nbr_idx, nbr_w, self.alpha,
                                                                     token_scales)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, nbr_idx, nbr_w, token_scales
+
+    def _attention_with_rank(self, h, key_bias):
+        from imtok_cuda import prune
+        from imtok_cuda.attention import attention_with_side_outputs
+
+        attn = self.attn
+        B, N, C = h.shape
+        q, k, v = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        res = attention_with_side_outputs(q, k, v, key_bias=key_bias, scale=attn.scale, cls_attn=False, col_sum=True)
+        out = attn.proj_drop(attn.proj(res.out.transpose(1, 2).reshape(B, N, C)))
+        rank = prune.gtp_rank_from_side_outputs(q, k, res.lse, res.col_sum, key_bias, attn.scale)
+        return out, rank.to(h.dtype)
 
 
 class GTPVisionTransformer(VisionTransformer):
