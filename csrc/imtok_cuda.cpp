@@ -87,11 +87,15 @@ TORCH_LIBRARY(imtok_cuda, m) { define_schemas(m); }
 #ifdef IMTOK_EMULATE_CUDA
 TORCH_LIBRARY(imtok_cuda_emu, m) {
   define_schemas(m);
-  // test-only: the SIMT twin of the tensor-core forward for fp16 / bf16 (same contract)
+  // test-only: the SIMT twins of the tensor-core forward and backward for fp16 / bf16 (same contracts)
   m.def("attention_forward_simt(Tensor q, Tensor k, Tensor v, Tensor? key_bias=None, Tensor? key_mask=None, "
         "bool causal=False, float? scale=None, bool return_cls_attn=False, bool return_col_sum=False, "
         "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None) "
         "-> (Tensor out, Tensor lse, Tensor cls_attn, Tensor col_sum)");
+  m.def("attention_backward_simt(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, Tensor? key_bias=None, Tensor? key_mask=None, bool causal=False, float? scale=None, "
+        "Tensor? cu_seqlens=None, bool need_bias_grad=False) "
+        "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)");
 }
 #endif
 

@@ -232,6 +232,74 @@ def test_tensor_core_forward_matches_reference(emu, dtype, Nq, Nk, d, bias, mask
     torch.testing.assert_close(lse[fin], s_lse[fin], rtol=1e-5, atol=1e-5)
 
 
+def explicit_backward(q, k, v, kb, km, causal, out, lse, go):
+    """dq, dk, dv, per-key dbias and the |.|-products that bound the rounding of P and dS, in fp64 from the
+    same half inputs and the kernel's own out and lse (so only the backward's arithmetic is compared)."""
+    q, k, v, out, go, lse = (t.double() for t in (q, k, v, out, go, lse))
+    scale = q.shape[-1] ** -0.5
+    s = q @ k.transpose(-1, -2) * scale
+    if kb is not None:
+        s = s + kb.double()[:, None, None, :]
+    keep = torch.ones_like(s, dtype=torch.bool)
+    if km is not None:
+        keep &= km[:, None, None, :]
+    if causal:
+        Nq, Nk = s.shape[-2:]
+        keep &= torch.ones(Nq, Nk, dtype=torch.bool).tril(Nk - Nq)
+    p = torch.where(keep & torch.isfinite(lse)[..., None], torch.exp(s - lse[..., None]), torch.zeros_like(s))
+    D = (go * out).sum(-1, keepdim=True)
+    ds = p * (go @ v.transpose(-1, -2) - D)
+    grads = (scale * ds @ k, scale * ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ go, ds.sum((1, 2)))
+    bounds = (scale * ds.abs() @ k.abs(), scale * ds.abs().transpose(-1, -2) @ q.abs(),
+              p.transpose(-1, -2) @ go.abs(), ds.abs().sum((1, 2)))
+    # fp32 evaluation of dS = p (dP - D) carries an absolute error ~ eps p (|dO| |V| + |D|), even where the
+    # exact dS is 0 (a query with one visible key): its products with |K|, |Q| bound that part
+    dsn = p * (go.abs() @ v.abs().transpose(-1, -2) + D.abs())
+    noise = (scale * dsn @ k.abs(), scale * dsn.transpose(-1, -2) @ q.abs(), p.transpose(-1, -2) @ go.abs(),
+             dsn.sum((1, 2)))
+    # fp16 subnormals (< 2^-14) round with an absolute error up to 2^-25 whatever their size: per element of
+    # P / dS that enters a product (its |partner| summed) and once for the output itself
+    m = (keep & torch.isfinite(lse)[..., None]).double()
+    mass = (1 + scale * m @ k.abs(), 1 + scale * m.transpose(-1, -2) @ q.abs(), 1 + m.transpose(-1, -2) @ go.abs())
+    return grads, bounds, noise, mass
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Nq,Nk,d,bias,mask,causal", TC_CASES)
+def test_tensor_core_backward_matches_reference(emu, dtype, Nq, Nk, d, bias, mask, causal):
+    q, k, v, kb, km = make(1, 2, Nq, Nk, d, dtype, bias, mask, seed=8)
+    go = torch.randn(q.shape[:-1] + (d,), generator=torch.Generator().manual_seed(9)).to(dtype)
+    out, lse, _, _ = emu.attention_forward(q, k, v, kb, km, causal)
+    got = emu.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)
+    assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go)
+    (rdq, rdk, rdv, _), _, noise, _ = explicit_backward(q, k, v, kb, km, causal, out, lse, go)
+    u = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -8
+    sub = 2.0 ** -25 if dtype == torch.float16 else 0.0
+    # the SIMT twin (fp32 P and dS) is within the same bounds without the rounding of P and dS
+    simt = emu.attention_backward_simt(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)
+    for g, r, nz in zip(simt[:3], (rdq, rdk, rdv), noise[:3]):
+        assert torch.all((g.double() - r).abs() <= 1.05 * u * r.abs() + 1e-5 * nz + sub + 1e-30)
+
+
+def assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go):
+    """Tensor-core backward (fp16 / bf16) against the fp64 explicit backward, element-wise bounds."""
+    dtype = q.dtype
+    got = [g.cpu() for g in got]
+    q, k, v, out, lse, go = (t.cpu() for t in (q, k, v, out, lse, go))
+    kb, km = (None if t is None else t.cpu() for t in (kb, km))
+    (rdq, rdk, rdv, rdb), bounds, noise, mass = explicit_backward(q, k, v, kb, km, causal, out, lse, go)
+    # P and dS are rounded to the input type before their products (u relative each, as in FlashAttention),
+    # and dq, dk, dv are returned in the input type (u relative); fp32 arithmetic adds ~1e-6 of `noise`
+    u = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -8
+    sub = 2.0 ** -25 if dtype == torch.float16 else 0.0  # bf16 has fp32's exponent range
+    for g, r, bound, nz, ms in zip(got[:3], (rdq, rdk, rdv), bounds[:3], noise[:3], mass):
+        assert g.dtype == dtype and g.shape == r.shape
+        tol = 1.05 * u * (bound + r.abs()) + 1e-5 * nz + sub * ms + 1e-30
+        assert torch.all((g.double() - r).abs() <= tol), ((g.double() - r).abs() / tol).max().item()
+    if kb is not None:  # dbias sums the fp32 dS: fp32-tight, then rounded to key_bias's dtype
+        assert torch.all((got[3].double() - rdb).abs() <= 1.05 * u * rdb.abs() + 1e-5 * noise[3] + sub + 1e-30)
+
+
 def test_tensor_core_masked_rows_and_packed_sequences(emu):
     q, k, v, kb, km = make(1, 2, 100, 100, 32, torch.float16, bias=True, mask=True, seed=6)
     km[0, :] = False
@@ -520,6 +588,10 @@ def test_cuda_matches_reference(dtype, Nq, Nk, d, bias, mask, causal):
         torch.testing.assert_close(out, r.out, rtol=tol, atol=tol)
     torch.testing.assert_close(cls, r.cls_attn, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(col, r.col_sum, rtol=1e-4, atol=1e-3)
+    if dtype in (torch.float16, torch.bfloat16) and Nq > 0 and Nk > 0:  # tensor-core backward (sm_80+)
+        go = torch.randn_like(out)
+        got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)
+        assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go)
     if dtype in (torch.float32, torch.float64) and Nq > 0 and Nk > 0:
         go = torch.randn_like(out)
         got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)

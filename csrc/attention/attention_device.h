@@ -112,6 +112,19 @@ bool launch_colsum_tc(const at::Tensor& q, const at::Tensor& k, const acc_t* add
   }
 }
 
+// the most dynamic shared memory one block may opt in to (227 KiB on an H100/H200, 163 KiB on an A100; the
+// shim's limit under emulation)
+inline size_t max_smem_per_block(const at::Tensor& like) {
+#if defined(__CUDACC__)
+  int bytes = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, like.get_device()));
+  return static_cast<size_t>(bytes);
+#else
+  (void)like;
+  return 227 * 1024;
+#endif
+}
+
 // tensor_cores = false keeps fp16 / bf16 on the SIMT kernel (its twin, for tests: attention_forward_simt).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& key_bias,
@@ -182,11 +195,45 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_simt(
                       col_sum_end, cu_seqlens, /*tensor_cores=*/false);
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+// The tensor-core dq and dk/dv kernels for fp16 / bf16 when their shared memory fits the device; false,
+// launching nothing, otherwise.
+template <typename scalar_t, typename acc_t, typename Stream>
+bool launch_backward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
+                        const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, bool causal,
+                        const at::Tensor& dout, const at::Tensor& lse, const at::Tensor& Dv, at::Tensor& dq,
+                        at::Tensor& dk, at::Tensor& dv, acc_t* dbp, Stream stream) {
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    const size_t smem_dq = tc_bwd_layout(d, false).bytes, smem_dkv = tc_bwd_layout(d, true).bytes;
+    if (!tensor_cores_available(q) || smem_dkv > max_smem_per_block(q)) return false;
+    {
+      auto kern = attn_bwd_dq_tc_kernel<scalar_t>;
+      allow_smem(kern, smem_dq);
+      IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem_dq, stream,
+                   q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
+                   p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
+                   dq.data_ptr<acc_t>());
+    }
+    {
+      auto kern = attn_bwd_dkv_tc_kernel<scalar_t>;
+      allow_smem(kern, smem_dkv);
+      IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kTcBN)), dim3(kTcThreads), smem_dkv, stream,
+                   q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
+                   p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
+                   dk.data_ptr<acc_t>(), dv.data_ptr<acc_t>(), dbp);
+    }
+    return true;
+  } else {
+    return false;
+  }
+}
+
+// tensor_cores = false keeps fp16 / bf16 on the SIMT kernels (the twin, for tests: attention_backward_simt).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse_in,
     const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask, bool causal,
-    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
+    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad,
+    bool tensor_cores) {
   const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, scale, cu_seqlens);
   imtok::attention::check_backward_inputs(p, q_in, grad_out, grad_lse, out, lse_in);
   TORCH_CHECK_VALUE(!need_bias_grad || key_bias.has_value(), "need_bias_grad requires key_bias");
@@ -214,6 +261,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const acc_t sc = static_cast<acc_t>(p.scale);
     const acc_t* addp = opt_ptr<acc_t>(add);
     const int64_t* sp = segs.data_ptr<int64_t>();
+    acc_t* dbp = need_bias_grad ? dbh.data_ptr<acc_t>() : static_cast<acc_t*>(nullptr);
+    if (tensor_cores && launch_backward_tc<scalar_t>(q, k, v, addp, sp, ns, p, d, sc, causal, dout, lse, Dv, dq, dk,
+                                                     dv, dbp, stream))
+      return;
     {
       const size_t smem = ((2 * kBM + 2 * kBN) * ld + kBM * kBN + 2 * kBM) * sizeof(acc_t);
       auto kern = attn_bwd_dq_kernel<scalar_t, acc_t>;
@@ -227,7 +278,6 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       const size_t smem = ((2 * kBN + 2 * kBM) * ld + 2 * kBM * kBN + 2 * kBM) * sizeof(acc_t);
       auto kern = attn_bwd_dkv_kernel<scalar_t, acc_t>;
       allow_smem(kern, smem);
-      acc_t* dbp = need_bias_grad ? dbh.data_ptr<acc_t>() : static_cast<acc_t*>(nullptr);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kBN)), dim3(kThreads), smem, stream,
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
                    p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
@@ -237,6 +287,23 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   at::Tensor dbias = need_bias_grad ? dbh.sum(1).to(key_bias->scalar_type()) : at::empty({0}, q.options());
   const auto dt = q.scalar_type();
   return {dq.to(dt), dk.to(dt), dv.to(dt), dbias};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask, bool causal,
+    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
+  return backward_impl(grad_out, grad_lse, q, k, v, out, lse, key_bias, key_mask, causal, scale, cu_seqlens,
+                       need_bias_grad, /*tensor_cores=*/true);
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_simt(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask, bool causal,
+    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
+  return backward_impl(grad_out, grad_lse, q, k, v, out, lse, key_bias, key_mask, causal, scale, cu_seqlens,
+                       need_bias_grad, /*tensor_cores=*/false);
 }
 
 }  // namespace attention

@@ -7,4 +7,5 @@ TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) {
   m.impl("attention_forward", &imtok::emu_impl::attention::forward);
   m.impl("attention_backward", &imtok::emu_impl::attention::backward);
   m.impl("attention_forward_simt", &imtok::emu_impl::attention::forward_simt);
+  m.impl("attention_backward_simt", &imtok::emu_impl::attention::backward_simt);
 }
