@@ -57,13 +57,16 @@ def run(device="cpu", quick=False):
                             reps=reps, notes=note))
     # training step at the ViT-B shape: forward + backward (dq, dk, dv) vs SDPA's
     label, B, H, N, d = shapes(quick)[0]
-    g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(B, H, N, d, generator=g).to(device).requires_grad_(True) for _ in range(3))
-    go = torch.randn(B, H, N, d, generator=g).to(device)
-    rows.append(compare("attention", "forward+backward vs SDPA", f"{label}: B={B} H={H} N={N} d={d}", device,
-                        lambda: torch.autograd.grad(A.attention(q, k, v), (q, k, v), go),
-                        lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), go),
-                        reps=reps))
+    for dtype in dtypes:
+        g = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(B, H, N, d, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+                   for _ in range(3))
+        go = torch.randn(B, H, N, d, generator=g).to(device=device, dtype=dtype)
+        shape = f"{label}: B={B} H={H} N={N} d={d}" + ("" if dtype == torch.float32 else " bf16")
+        rows.append(compare("attention", "forward+backward vs SDPA", shape, device,
+                            lambda: torch.autograd.grad(A.attention(q, k, v), (q, k, v), go),
+                            lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), go),
+                            reps=reps))
     return rows
 
 
