@@ -295,6 +295,30 @@ IMTOK_HD TcBwdLayout tc_bwd_layout(int d, bool dkv) {
   return L;
 }
 
+// p = exp(scale s + add - lse) and dS = p (dP - D) for this lane's half (32 keys) of row r of the tile (0 for
+// keys j >= kvis, not visible, or j >= n); dS goes to sdS rounded for the tensor cores; with kWithP also P to sP
+// and the fp32 dS over dP (for dbias). addb points at the tile's first key.
+template <bool kWithP, typename scalar_t, typename PtrF, typename PtrH>
+__device__ __forceinline__ void row_probs_and_ds(int r, int half, int64_t n, int64_t kvis, const float* addb,
+                                                 float scale, float l_r, float D_r, PtrF sS, PtrF sdP, int lds,
+                                                 PtrH sP, PtrH sdS, int ldp) {
+  for (int jj = 0; jj < kTcBN / 2; ++jj) {
+    const int j = half * (kTcBN / 2) + jj;
+    float p = 0.f, ds = 0.f;
+    if (j < n && j < kvis) {
+      float s = sS[r * lds + j] * scale;
+      if (addb) s += addb[j];
+      p = imtok_exp(s - l_r);
+      ds = p * (sdP[r * lds + j] - D_r);
+    }
+    if (kWithP) {
+      sP[r * ldp + j] = mma_element<scalar_t>::from_float(p);
+      sdP[r * lds + j] = ds;
+    }
+    sdS[r * ldp + j] = mma_element<scalar_t>::from_float(ds);
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTcThreads)
     attn_bwd_dq_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
@@ -349,16 +373,8 @@ __global__ void __launch_bounds__(kTcThreads)
     warp_gemm_abt<mt>(sQ + (warp * 16) * L.ldh, L.ldh, sK, L.ldh, L.dp, sS + (warp * 16) * L.lds, L.lds);
     warp_gemm_abt<mt>(sdO + (warp * 16) * L.ldh, L.ldh, sV, L.ldh, L.dp, sdP + (warp * 16) * L.lds, L.lds);
     __syncwarp(0xffffffffu);
-    for (int jj = 0; jj < kTcBN / 2; ++jj) {
-      const int j = half * (kTcBN / 2) + jj;
-      float ds = 0.f;
-      if (j < n && k0 + j < vis) {
-        float s = sS[r * L.lds + j] * scale;
-        if (addb) s += addb[k0 + j];
-        ds = imtok_exp(s - l_r) * (sdP[r * L.lds + j] - D_r);
-      }
-      sdS[r * L.ldp + j] = mma_element<scalar_t>::from_float(ds);
-    }
+    row_probs_and_ds<false, scalar_t>(r, half, n, vis - k0, addb ? addb + k0 : nullptr, scale, l_r, D_r, sS, sdP,
+                                      L.lds, sdS, sdS, L.ldp);
     __syncwarp(0xffffffffu);
     warp_gemm_acc<mt, wm::row_major>(sdS + (warp * 16) * L.ldp, L.ldp, sK, L.ldh, L.dp, sdQ + (warp * 16) * L.ldo,
                                      L.ldo);  // dQ += dS K
@@ -430,19 +446,7 @@ __global__ void __launch_bounds__(kTcThreads)
     __syncwarp(0xffffffffu);
     const float l_r = sLse[r], D_r = sD[r];
     const int64_t vis = r < M && l_r != -INFINITY ? visible(causal, i0 + r, sg.nq, sg.nk) : 0;
-    for (int jj = 0; jj < kTcBN / 2; ++jj) {
-      const int j = half * (kTcBN / 2) + jj;
-      float p = 0.f, ds = 0.f;
-      if (j < n && k0 + j < vis) {
-        float s = sS[r * L.lds + j] * scale;
-        if (addb) s += addb[j];
-        p = imtok_exp(s - l_r);
-        ds = p * (sdP[r * L.lds + j] - D_r);
-      }
-      sP[r * L.ldp + j] = mma_element<scalar_t>::from_float(p);
-      sdS[r * L.ldp + j] = mma_element<scalar_t>::from_float(ds);
-      sdP[r * L.lds + j] = ds;
-    }
+    row_probs_and_ds<true, scalar_t>(r, half, n, vis - k0, addb, scale, l_r, D_r, sS, sdP, L.lds, sP, sdS, L.ldp);
     __syncthreads();  // every warp reads the P / dS rows of all warps
     warp_gemm_acc<mt, wm::col_major>(sP + warp * 16, L.ldp, sdO, L.ldh, L.dp, sdV + (warp * 16) * L.ldo,
                                      L.ldo);  // dV += P^T dO
