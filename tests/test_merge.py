@@ -160,6 +160,21 @@ def test_tome_match_vs_python_loops(T, flags):
         _assert_plan_equal(_plan_tuple(M.tome_match(metric, r, ct, dt)), loop_plan(metric, r, ct, dt))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tome_match_nan_follows_torch_max_and_argsort(dtype):
+    # a NaN destination token makes its column NaN: torch's max picks it (first NaN) for every source row; a
+    # NaN source token has node_max NaN and sorts first (NaN is the largest key)
+    metric = torch.randn(2, 50, 64, generator=_gen(5), dtype=dtype)
+    metric[0, 7, 3] = float("nan")   # b-side token 3 of batch 0
+    metric[1, 10, 0] = float("nan")  # a-side token 5 of batch 1
+    for ct, dt in TOKEN_FLAGS:
+        got = _plan_tuple(M.tome_match(metric, 8, ct, dt))
+        _assert_plan_equal(got, R.tome_plan(metric, 8, ct, dt))
+        src, dst, _ = got
+        assert torch.all(dst[0] == 3)                 # every source of batch 0 goes to the NaN column
+        assert 5 in src[1].tolist()                    # the NaN source of batch 1 is merged (sorted first)
+
+
 def test_tome_match_ties_follow_torch_cpu_argsort():
     # one-hot metric rows make every score exactly 0 or 1: node_max is full of exact ties, and the CPU kernel
     # must order them as torch.argsort (an unstable introsort on CPU) does, and pick the first argmax

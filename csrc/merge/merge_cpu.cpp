@@ -1,7 +1,8 @@
 // CPU kernels of the merge family (ToMe / tomesd): fused matching and one-pass plan application.
 //
 // Matching: per batch, the metric rows are normalized into a small buffer, a . b^T is computed one source
-// row at a time into a [Nb] scratch row (never the [Ta, Tb] score matrix), reduced to max/argmax (first index on
+// row at a time into a [Nb] scratch row (fp32 on AVX2+FMA CPUs: 4 source rows x 16 destinations in registers,
+// with the running max checked there), never the [Ta, Tb] score matrix, reduced to max/argmax (first index on
 // ties), and the sources are ordered with std::sort and torch's own key comparator, which reproduces the order
 // torch.argsort returns on CPU (an introsort: unstable, so ties and the tomesd -1/0 buffer need the same algorithm).
 // Application (merge, wavg, unmerge and their backward) walks each output row's member list (the destination
@@ -19,6 +20,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -58,6 +62,100 @@ struct AscByKey {
 // (never the [Na, Nb] matrix when it is larger), reduced to row max/argmax; then each batch's rows are ordered by
 // std::sort. Tiles are large because every BLAS call wakes its thread pool, which is costly on a loaded machine.
 constexpr int64_t kScratchBytes = int64_t(8) << 20;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define IMTOK_MERGE_X86 1
+inline bool has_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+// Scores of 4 source rows (a [4][C], rows past the real ones are zero) against destination columns
+// [0, Nbpad) of bt [C][Nbpad] (zero padded), 16 columns at a time in registers (FMA over c in order), compared
+// there with each row's best so far: only a run of 16 that holds a larger score or a NaN goes to
+// fold(row, scores, j0, n) (the scalar first-max rule), which returns the row's new best. Rows with
+// skip[r] are never folded.
+template <typename Fold>
+__attribute__((target("avx2,fma"))) void row_max_tile_avx2(const float* __restrict__ a, const float* __restrict__ bt,
+                                                           int64_t C, int64_t Nb, int64_t Nbpad, float* best,
+                                                           const bool* skip, Fold& fold) {
+  for (int64_t jb = 0; jb < Nbpad; jb += 16) {
+    __m256 acc[4][2];
+    for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < C; ++c) {
+      const __m256 b0 = _mm256_loadu_ps(bt + c * Nbpad + jb), b1 = _mm256_loadu_ps(bt + c * Nbpad + jb + 8);
+      for (int r = 0; r < 4; ++r) {
+        const __m256 av = _mm256_broadcast_ss(a + r * C + c);
+        acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      if (skip[r]) continue;
+      const __m256 t = _mm256_set1_ps(best[r]);
+      const __m256 m = _mm256_or_ps(_mm256_cmp_ps(acc[r][0], t, _CMP_NLE_UQ), _mm256_cmp_ps(acc[r][1], t, _CMP_NLE_UQ));
+      if (__builtin_expect(_mm256_movemask_ps(m) != 0, 0)) {
+        alignas(32) float row[16];
+        _mm256_store_ps(row, acc[r][0]);
+        _mm256_store_ps(row + 8, acc[r][1]);
+        best[r] = fold(r, row, jb, std::min<int64_t>(16, Nb - jb));
+      }
+    }
+  }
+}
+#endif
+
+// Small problems (a ViT layer) in fp32 on AVX2+FMA: per batch, 4 source rows x 16 destinations in registers
+// with the running max checked there (row_max_tile_avx2); the first-max rule of row_max on the rare runs that
+// can change it. false (nothing done) for other types, sizes or CPUs.
+template <typename scalar_t, typename acc_t>
+bool max_scores_in_registers(const acc_t* np_, int64_t B, int64_t T, int64_t C, int64_t Na, int64_t Nb,
+                             const int64_t* apos, const int64_t* bpos, bool class_token, bool distill_token,
+                             std::vector<scalar_t>& node_max, std::vector<int64_t>& node_idx) {
+#ifdef IMTOK_MERGE_X86
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (Na * Nb * C > (int64_t(1) << 22) || !has_avx2_fma()) return false;
+    const int64_t Nbpad = (Nb + 15) / 16 * 16, j0 = distill_token ? 1 : 0;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> bt(C * Nbpad, 0.f), a4(4 * C);
+      for (int64_t b = b0; b < b1; ++b) {
+        const float* nb_ = np_ + b * T * C;
+        for (int64_t j = 0; j < Nb; ++j)
+          for (int64_t c = 0; c < C; ++c) bt[c * Nbpad + j] = nb_[(bpos ? bpos[j] : 2 * j + 1) * C + c];
+        for (int64_t i0 = 0; i0 < Na; i0 += 4) {
+          float best[4];
+          int64_t arg[4] = {0, 0, 0, 0};
+          bool skip[4];
+          for (int r = 0; r < 4; ++r) {
+            const int64_t i = i0 + r;
+            skip[r] = i >= Na || (class_token && i == 0);
+            best[r] = -std::numeric_limits<float>::infinity();
+            for (int64_t c = 0; c < C; ++c) a4[r * C + c] = i < Na ? nb_[(apos ? apos[i] : 2 * i) * C + c] : 0.f;
+          }
+          auto fold = [&](int r, const float* row, int64_t jb, int64_t n) {
+            float bv = best[r];
+            for (int64_t l = 0; l < n; ++l) {
+              const float v = row[l];
+              if (jb + l >= j0 && (v > bv || (is_nan(v) && !is_nan(bv)))) {
+                bv = v;
+                arg[r] = jb + l;
+              }
+            }
+            return bv;
+          };
+          row_max_tile_avx2(a4.data(), bt.data(), C, Nb, Nbpad, best, skip, fold);
+          for (int r = 0; r < 4 && i0 + r < Na; ++r) {
+            node_max[b * Na + i0 + r] = best[r];
+            node_idx[b * Na + i0 + r] = arg[r];
+          }
+        }
+      }
+    });
+    return true;
+  }
+#endif
+  return false;
+}
 
 template <typename scalar_t>
 void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const int64_t* bpos, int64_t Na,
@@ -104,7 +202,9 @@ void bipartite_match_cpu_impl(const Tensor& metric, const int64_t* apos, const i
     node_max[b * Na + i] = scalar_t(best);
     node_idx[b * Na + i] = arg;
   };
-  if (Na * Nb * C <= (int64_t(1) << 22)) {
+  if (max_scores_in_registers(np_, B, T, C, Na, Nb, apos, bpos, class_token, distill_token, node_max, node_idx)) {
+    // node_max / node_idx are filled
+  } else if (Na * Nb * C <= (int64_t(1) << 22)) {
     // small problems (a ViT layer): one task per batch (no BLAS call inside a parallel region), scores one
     // source row at a time into an [Nb] row: axpy over the channels of a transposed copy of b, c in order
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
