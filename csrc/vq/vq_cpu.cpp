@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -326,6 +327,64 @@ __attribute__((target("avx2,fma"))) void close_distances_avx2(const float* __res
     }
   }
 }
+
+// The same with 512-bit vectors and 32 codes per step (the last 16 of a chunk masked off when kc is an odd
+// multiple of 16): the same FMA chains, so the same bits as close_distances_avx2.
+// IMTOK_DISABLE_AVX512=1 (read once) keeps the AVX2 path on an AVX-512 CPU (tests compare the two)
+inline bool has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && !std::getenv("IMTOK_DISABLE_AVX512");
+  return ok;
+}
+template <typename Fold>
+__attribute__((target("avx512f"))) void close_distances_avx512(const float* __restrict__ x,
+                                                               const float* __restrict__ xn,
+                                                               const float* __restrict__ cbT,
+                                                               const float* __restrict__ en, int64_t D,
+                                                               int64_t Kpad, int64_t k0, int64_t kc, int64_t kvalid,
+                                                               int64_t row0, int64_t nrows, float* thr, Fold& fold) {
+  const __m512 two = _mm512_set1_ps(2.0f);
+  for (int64_t kb = 0; kb < kc; kb += 2 * kLanes) {
+    const __mmask16 hi = kc - kb >= 2 * kLanes ? __mmask16(0xFFFF) : __mmask16(0);
+    __m512 acc[4][2];
+    for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const float* c = cbT + k0 + kb;
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 c0 = _mm512_loadu_ps(c + d * Kpad), c1 = _mm512_maskz_loadu_ps(hi, c + d * Kpad + 16);
+      for (int r = 0; r < 4; ++r) {
+        const __m512 xv = _mm512_set1_ps(x[r * D + d]);
+        acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
+      }
+    }
+    const __m512 e0 = _mm512_loadu_ps(en + k0 + kb), e1 = _mm512_maskz_loadu_ps(hi, en + k0 + kb + 16);
+    __m512 dist[4][2];
+    int hit = 0;
+    for (int r = 0; r < 4; ++r) {
+      const __m512 xr = _mm512_set1_ps(xn[r]);
+      const __m512 t = _mm512_set1_ps(thr[r]);
+      dist[r][0] = _mm512_fnmadd_ps(two, acc[r][0], _mm512_add_ps(xr, e0));
+      dist[r][1] = _mm512_fnmadd_ps(two, acc[r][1], _mm512_add_ps(xr, e1));
+      const unsigned m = _mm512_cmp_ps_mask(dist[r][0], t, _CMP_NGE_UQ) |
+                         (_mm512_mask_cmp_ps_mask(hi, dist[r][1], t, _CMP_NGE_UQ));
+      hit |= (m != 0) << r;
+    }
+    if (__builtin_expect(hit != 0, 0)) {
+      for (int half = 0; half < 2; ++half) {  // in code order: a fold may lower the threshold for the second
+        const int64_t kh = kb + half * kLanes;
+        const int64_t n = std::min<int64_t>(kLanes, kvalid - kh);
+        if (kh >= kc || n <= 0) break;
+        for (int r = 0; r < nrows; ++r) {
+          if (!(hit >> r & 1)) continue;
+          alignas(64) float row[kLanes];
+          _mm512_store_ps(row, dist[r][half]);
+          bool any = false;
+          for (int64_t l = 0; l < n; ++l) any |= !(row[l] >= thr[r]);
+          if (any) thr[r] = fold(row0 + r, row, k0 + kh, n);
+        }
+      }
+    }
+  }
+}
 #endif
 
 // Hands fold(row, distances, k0, n) the distances of codes k0 .. k0 + n - 1, in code order. On the register
@@ -348,8 +407,12 @@ void for_each_candidate(const scalar_t* x, int64_t N, const PackedCodebook<acc_t
               fold(row, d, k, n);
               return threshold(row);
             };
-            close_distances_avx2(xg, xng, p.cbT.data(), p.en.data(), p.D, p.Kpad, k0, kc, kvalid, row0, nrows, thr,
-                                 fold_then_threshold);
+            if (has_avx512())
+              close_distances_avx512(xg, xng, p.cbT.data(), p.en.data(), p.D, p.Kpad, k0, kc, kvalid, row0, nrows,
+                                     thr, fold_then_threshold);
+            else
+              close_distances_avx2(xg, xng, p.cbT.data(), p.en.data(), p.D, p.Kpad, k0, kc, kvalid, row0, nrows,
+                                   thr, fold_then_threshold);
           },
           finish);
       return;
