@@ -15,8 +15,10 @@ Functions
 
 Conventions (identical to imtok_cuda.reference.attention, the specification):
 - q [B, H, Nq, d], k and v [B, H, Nk, d] (d <= 128), any strides; fp16 / bf16 / fp32 / fp64; half inputs are
-  computed with fp32 accumulation and out is rounded once. key_bias [B, Nk] float (any float dtype),
-  key_mask [B, Nk] bool with True = keep.
+  computed with fp32 accumulation and out is rounded once. On a CUDA device (sm_80+) fp16 / bf16 run on
+  tensor cores, which round the probabilities P (and dS in the backward) to the input type before their
+  products, as FlashAttention does: |out - fp32 math| <= u max|v| + 1 ulp (u = 2^-11 fp16, 2^-8 bf16); lse and
+  the side outputs stay fp32. key_bias [B, Nk] float (any float dtype), key_mask [B, Nk] bool, True = keep.
 - causal with Nq != Nk is aligned to the bottom-right (FlashAttention >= 2.1): query i sees keys
   j <= i + Nk - Nq.
 - A query that sees no key (all masked) gets out = 0, lse = -inf, probabilities 0 (no NaN).
