@@ -175,6 +175,38 @@ def test_tome_match_nan_follows_torch_max_and_argsort(dtype):
         assert 5 in src[1].tolist()                    # the NaN source of batch 1 is merged (sorted first)
 
 
+def test_tome_match_avx512_and_avx2_agree_bitwise(tmp_path):
+    """fp32 matching scores 4 x 32 destinations in 512-bit registers on an AVX-512 CPU, 4 x 16 in 256-bit ones
+    with IMTOK_DISABLE_AVX512=1 (read once per process): the same FMA chains, so the same plans."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, imtok_cuda\n"
+        "g = torch.Generator().manual_seed(4)\n"
+        "out = []\n"
+        "for T, C in ((197, 64), (50, 20), (11, 3)):\n"
+        "    m = torch.randn(3, T, C, generator=g)\n"
+        "    m[1, 1:3] = m[1, 7:9]\n"
+        "    for ct, dt in ((True, False), (False, True), (False, False)):\n"
+        "        out.append(torch.ops.imtok_cuda.merge_tome_match(m, T // 4, ct, dt))\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    results = []
+    for disable in ("0", "1"):
+        env = dict(os.environ)
+        env.pop("IMTOK_DISABLE_AVX512", None)
+        if disable == "1":
+            env["IMTOK_DISABLE_AVX512"] = "1"
+        path = tmp_path / f"plans{disable}.pt"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
+        results.append(torch.load(path))
+    for p0, p1 in zip(*results):
+        for a, b in zip(p0, p1):
+            assert torch.equal(a, b)
+
+
 def test_tome_match_ties_follow_torch_cpu_argsort():
     # one-hot metric rows make every score exactly 0 or 1: node_max is full of exact ties, and the CPU kernel
     # must order them as torch.argsort (an unstable introsort on CPU) does, and pick the first argmax

@@ -24,6 +24,7 @@
 #include <immintrin.h>
 #endif
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -108,6 +109,42 @@ __attribute__((target("avx2,fma"))) void row_max_tile_avx2(const float* __restri
 // Small problems (a ViT layer) in fp32 on AVX2+FMA: per batch, 4 source rows x 16 destinations in registers
 // with the running max checked there (row_max_tile_avx2); the first-max rule of row_max on the rare runs that
 // can change it. false (nothing done) for other types, sizes or CPUs.
+// The same with 512-bit vectors, 32 destinations per step (Nbpad a multiple of 32): the same FMA chains,
+// so the same bits. IMTOK_DISABLE_AVX512=1 (read once) keeps the AVX2 tile.
+inline bool has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && !std::getenv("IMTOK_DISABLE_AVX512");
+  return ok;
+}
+template <typename Fold>
+__attribute__((target("avx512f"))) void row_max_tile_avx512(const float* __restrict__ a,
+                                                            const float* __restrict__ bt, int64_t C, int64_t Nb,
+                                                            int64_t Nbpad, float* best, const bool* skip,
+                                                            Fold& fold) {
+  for (int64_t jb = 0; jb < Nbpad; jb += 32) {
+    __m512 acc[4][2];
+    for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < C; ++c) {
+      const __m512 b0 = _mm512_loadu_ps(bt + c * Nbpad + jb), b1 = _mm512_loadu_ps(bt + c * Nbpad + jb + 16);
+      for (int r = 0; r < 4; ++r) {
+        const __m512 av = _mm512_set1_ps(a[r * C + c]);
+        acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      if (skip[r]) continue;
+      const __m512 t = _mm512_set1_ps(best[r]);
+      if (__builtin_expect((_mm512_cmp_ps_mask(acc[r][0], t, _CMP_NLE_UQ) |
+                            _mm512_cmp_ps_mask(acc[r][1], t, _CMP_NLE_UQ)) != 0, 0)) {
+        alignas(64) float row[32];
+        _mm512_store_ps(row, acc[r][0]);
+        _mm512_store_ps(row + 16, acc[r][1]);
+        best[r] = fold(r, row, jb, std::min<int64_t>(32, Nb - jb));
+      }
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 bool max_scores_in_registers(const acc_t* np_, int64_t B, int64_t T, int64_t C, int64_t Na, int64_t Nb,
                              const int64_t* apos, const int64_t* bpos, bool class_token, bool distill_token,
@@ -115,7 +152,8 @@ bool max_scores_in_registers(const acc_t* np_, int64_t B, int64_t T, int64_t C, 
 #ifdef IMTOK_MERGE_X86
   if constexpr (std::is_same<scalar_t, float>::value) {
     if (Na * Nb * C > (int64_t(1) << 22) || !has_avx2_fma()) return false;
-    const int64_t Nbpad = (Nb + 15) / 16 * 16, j0 = distill_token ? 1 : 0;
+    const bool wide = has_avx512();
+    const int64_t Nbpad = wide ? (Nb + 31) / 32 * 32 : (Nb + 15) / 16 * 16, j0 = distill_token ? 1 : 0;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> bt(C * Nbpad, 0.f), a4(4 * C);
       for (int64_t b = b0; b < b1; ++b) {
@@ -143,7 +181,10 @@ bool max_scores_in_registers(const acc_t* np_, int64_t B, int64_t T, int64_t C, 
             }
             return bv;
           };
-          row_max_tile_avx2(a4.data(), bt.data(), C, Nb, Nbpad, best, skip, fold);
+          if (wide)
+            row_max_tile_avx512(a4.data(), bt.data(), C, Nb, Nbpad, best, skip, fold);
+          else
+            row_max_tile_avx2(a4.data(), bt.data(), C, Nb, Nbpad, best, skip, fold);
           for (int r = 0; r < 4 && i0 + r < Na; ++r) {
             node_max[b * Na + i0 + r] = best[r];
             node_idx[b * Na + i0 + r] = arg[r];
