@@ -75,43 +75,6 @@ inline bool tensor_cores_available(const at::Tensor& like) {
 #endif
 }
 
-// The tensor-core forward for fp16 / bf16 (out, lse); false, launching nothing, for other types or devices.
-template <typename scalar_t, typename acc_t, typename Stream>
-bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
-                       const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, bool causal, at::Tensor& out,
-                       at::Tensor& lse, Stream stream) {
-  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
-    if (!tensor_cores_available(q)) return false;
-    const size_t smem = tc_layout(d).bytes;
-    auto kern = attn_fwd_tc_kernel<scalar_t>;
-    allow_smem(kern, smem);
-    IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem, stream,
-                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk,
-                 d, sc, causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
-    return true;
-  } else {
-    return false;
-  }
-}
-
-// The tensor-core column sums for fp16 / bf16 (after a tensor-core forward); false for other types.
-template <typename scalar_t, typename acc_t, typename Stream>
-bool launch_colsum_tc(const at::Tensor& q, const at::Tensor& k, const acc_t* addp, const int64_t* sp, int64_t ns,
-                      const Problem& p, int d, acc_t sc, bool causal, const at::Tensor& lse, int64_t start,
-                      int64_t end, at::Tensor& col, Stream stream) {
-  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
-    const size_t smem = colsum_tc_smem(d);
-    auto kern = attn_colsum_tc_kernel<scalar_t>;
-    allow_smem(kern, smem);
-    IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kTcBN)), dim3(kTcThreads), smem, stream,
-                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
-                 lse.data_ptr<acc_t>(), start, end, col.data_ptr<acc_t>());
-    return true;
-  } else {
-    return false;
-  }
-}
-
 // the most dynamic shared memory one block may opt in to (227 KiB on an H100/H200, 163 KiB on an A100; the
 // shim's limit under emulation)
 inline size_t max_smem_per_block(const at::Tensor& like) {
@@ -123,6 +86,59 @@ inline size_t max_smem_per_block(const at::Tensor& like) {
   (void)like;
   return 227 * 1024;
 #endif
+}
+
+// A tensor-core kernel runs only if the device has bf16 wmma and this build holds code for sm_80 or newer for
+// it (a build with only older PTX would JIT a trapping stub) and its shared memory fits the device.
+template <typename Kernel>
+inline bool tc_kernel_usable(Kernel kern, size_t smem, const at::Tensor& like) {
+#if defined(__CUDACC__)
+  cudaFuncAttributes attr;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kern));
+  if (attr.ptxVersion < 80) return false;
+#else
+  (void)kern;
+#endif
+  return tensor_cores_available(like) && smem <= max_smem_per_block(like);
+}
+
+// The tensor-core forward for fp16 / bf16 (out, lse); false, launching nothing, for other types or devices.
+template <typename scalar_t, typename acc_t, typename Stream>
+bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
+                       const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, bool causal, at::Tensor& out,
+                       at::Tensor& lse, Stream stream) {
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    const size_t smem = tc_layout(d).bytes;
+    auto kern = attn_fwd_tc_kernel<scalar_t>;
+    if (!tc_kernel_usable(kern, smem, q)) return false;
+    allow_smem(kern, smem);
+    IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem, stream,
+                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk,
+                 d, sc, causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
+    return true;
+  } else {
+    return false;
+  }
+}
+
+// The tensor-core column sums for fp16 / bf16 (after a tensor-core forward); false, launching nothing, for
+// other types or devices.
+template <typename scalar_t, typename acc_t, typename Stream>
+bool launch_colsum_tc(const at::Tensor& q, const at::Tensor& k, const acc_t* addp, const int64_t* sp, int64_t ns,
+                      const Problem& p, int d, acc_t sc, bool causal, const at::Tensor& lse, int64_t start,
+                      int64_t end, at::Tensor& col, Stream stream) {
+  if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
+    const size_t smem = colsum_tc_smem(d);
+    auto kern = attn_colsum_tc_kernel<scalar_t>;
+    if (!tc_kernel_usable(kern, smem, q)) return false;
+    allow_smem(kern, smem);
+    IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kTcBN)), dim3(kTcThreads), smem, stream,
+                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
+                 lse.data_ptr<acc_t>(), start, end, col.data_ptr<acc_t>());
+    return true;
+  } else {
+    return false;
+  }
 }
 
 // tensor_cores = false keeps fp16 / bf16 on the SIMT kernel (its twin, for tests: attention_forward_simt).
@@ -195,7 +211,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_simt(
                       col_sum_end, cu_seqlens, /*tensor_cores=*/false);
 }
 
-// The tensor-core dq and dk/dv kernels for fp16 / bf16 when their shared memory fits the device; false,
+// The tensor-core dq and dk/dv kernels for fp16 / bf16 where both are usable (tc_kernel_usable); false,
 // launching nothing, otherwise.
 template <typename scalar_t, typename acc_t, typename Stream>
 bool launch_backward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
@@ -204,7 +220,9 @@ bool launch_backward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         at::Tensor& dk, at::Tensor& dv, acc_t* dbp, Stream stream) {
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
     const size_t smem_dq = tc_bwd_layout(d, false).bytes, smem_dkv = tc_bwd_layout(d, true).bytes;
-    if (!tensor_cores_available(q) || smem_dkv > max_smem_per_block(q)) return false;
+    if (!tc_kernel_usable(attn_bwd_dq_tc_kernel<scalar_t>, smem_dq, q) ||
+        !tc_kernel_usable(attn_bwd_dkv_tc_kernel<scalar_t>, smem_dkv, q))
+      return false;
     {
       auto kern = attn_bwd_dq_tc_kernel<scalar_t>;
       allow_smem(kern, smem_dq);

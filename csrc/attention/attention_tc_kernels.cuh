@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kTcThreads)
                        int64_t H, int64_t Nq, int64_t Nk, int d, float scale, bool causal, scalar_t* __restrict__ out,
                        float* __restrict__ lse) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  // bf16 tiles need sm_80; the launcher picks this kernel only on sm_80 and newer
+  __trap();  // bf16 tiles need sm_80; the launcher checks the kernel was built for it (tc_kernel_usable)
 #else
   namespace wm = imtok_wmma;
   using mt = typename mma_element<scalar_t>::type;
@@ -210,6 +210,7 @@ __global__ void __launch_bounds__(kTcThreads)
                           int64_t Nk, int d, float scale, bool causal, const float* __restrict__ lse, int64_t start,
                           int64_t end, float* __restrict__ col) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
 #else
   using mt = typename mma_element<scalar_t>::type;
   const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
@@ -327,6 +328,7 @@ __global__ void __launch_bounds__(kTcThreads)
                           bool causal, const scalar_t* __restrict__ dout, const float* __restrict__ lse,
                           const float* __restrict__ Dv, float* __restrict__ dq) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
 #else
   namespace wm = imtok_wmma;
   using mt = typename mma_element<scalar_t>::type;
@@ -395,6 +397,7 @@ __global__ void __launch_bounds__(kTcThreads)
                            const float* __restrict__ Dv, float* __restrict__ dk, float* __restrict__ dv,
                            float* __restrict__ dbh) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
 #else
   namespace wm = imtok_wmma;
   using mt = typename mma_element<scalar_t>::type;

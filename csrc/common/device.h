@@ -20,7 +20,7 @@
 #define IMTOK_SHARED_ARRAY(T, name, n) __shared__ T name[n]
 #define IMTOK_SHARED_ARRAY2(T, name, n, m) __shared__ T name[n][m]
 #define IMTOK_DYNAMIC_SHARED(T, name)                              \
-  extern __shared__ __align__(16) unsigned char imtok_dyn_smem_[]; \
+  extern __shared__ __align__(128) unsigned char imtok_dyn_smem_[]; \
   T* name = reinterpret_cast<T*>(imtok_dyn_smem_)
 #define IMTOK_DEVICE_GUARD(tensor) const c10::cuda::CUDAGuard imtok_device_guard_((tensor).device())
 #define IMTOK_CURRENT_STREAM() (c10::cuda::getCurrentCUDAStream().stream())
