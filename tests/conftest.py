@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -33,3 +35,22 @@ def emu():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def avx512_and_avx2(tmp_path):
+    """run(script) executes a Python script twice in fresh processes, once as is and once with
+    IMTOK_DISABLE_AVX512=1 (read once per process: the CPU kernels' 512-bit paths off), and returns the two
+    objects the script torch.save()d to sys.argv[1]."""
+    def run(script):
+        results = []
+        for disable in (False, True):
+            env = {k: v for k, v in os.environ.items() if k != "IMTOK_DISABLE_AVX512"}
+            if disable:
+                env["IMTOK_DISABLE_AVX512"] = "1"
+            path = tmp_path / f"result_{int(disable)}.pt"
+            subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
+            results.append(torch.load(path))
+        return results
+
+    return run

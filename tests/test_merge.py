@@ -175,13 +175,9 @@ def test_tome_match_nan_follows_torch_max_and_argsort(dtype):
         assert 5 in src[1].tolist()                    # the NaN source of batch 1 is merged (sorted first)
 
 
-def test_tome_match_avx512_and_avx2_agree_bitwise(tmp_path):
+def test_tome_match_avx512_and_avx2_agree_bitwise(avx512_and_avx2):
     """fp32 matching scores 4 x 32 destinations in 512-bit registers on an AVX-512 CPU, 4 x 16 in 256-bit ones
     with IMTOK_DISABLE_AVX512=1 (read once per process): the same FMA chains, so the same plans."""
-    import os
-    import subprocess
-    import sys
-
     script = (
         "import sys, torch, imtok_cuda\n"
         "g = torch.Generator().manual_seed(4)\n"
@@ -193,15 +189,7 @@ def test_tome_match_avx512_and_avx2_agree_bitwise(tmp_path):
         "        out.append(torch.ops.imtok_cuda.merge_tome_match(m, T // 4, ct, dt))\n"
         "torch.save(out, sys.argv[1])\n"
     )
-    results = []
-    for disable in ("0", "1"):
-        env = dict(os.environ)
-        env.pop("IMTOK_DISABLE_AVX512", None)
-        if disable == "1":
-            env["IMTOK_DISABLE_AVX512"] = "1"
-        path = tmp_path / f"plans{disable}.pt"
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
-        results.append(torch.load(path))
+    results = avx512_and_avx2(script)
     for p0, p1 in zip(*results):
         for a, b in zip(p0, p1):
             assert torch.equal(a, b)

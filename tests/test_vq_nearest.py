@@ -154,13 +154,9 @@ def test_codebook_maps_to_itself_at_distance_zero(dtype, D):
     assert torch.all(dist == 0)
 
 
-def test_avx512_and_avx2_register_paths_agree_bitwise(tmp_path):
+def test_avx512_and_avx2_register_paths_agree_bitwise(avx512_and_avx2):
     """On an AVX-512 CPU the register path uses 512-bit vectors; IMTOK_DISABLE_AVX512=1 (read once per process)
     keeps it on AVX2. Same FMA chains: the two processes must return the same bits."""
-    import os
-    import subprocess
-    import sys
-
     script = (
         "import sys, torch, imtok_cuda\n"
         "g = torch.Generator().manual_seed(3)\n"
@@ -170,15 +166,7 @@ def test_avx512_and_avx2_register_paths_agree_bitwise(tmp_path):
         "out += [torch.ops.imtok_cuda.vq_nearest_topk(x, cb, 7, 'l2'), torch.ops.imtok_cuda.vq_nearest(x[:, :8], cb[:48, :8], 'l2')]\n"
         "torch.save(out, sys.argv[1])\n"
     )
-    results = []
-    for disable in ("0", "1"):
-        env = dict(os.environ)
-        env.pop("IMTOK_DISABLE_AVX512", None)
-        if disable == "1":
-            env["IMTOK_DISABLE_AVX512"] = "1"
-        path = tmp_path / f"out{disable}.pt"
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
-        results.append(torch.load(path))
+    results = avx512_and_avx2(script)
     for (d0, i0), (d1, i1) in zip(*results):
         assert torch.equal(i0, i1) and torch.equal(d0.nan_to_num(), d1.nan_to_num())
         assert torch.equal(d0.isnan(), d1.isnan())

@@ -20,16 +20,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <utility>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_features.h"
 #include "merge/merge_plan.h"
 
 namespace imtok {
@@ -64,13 +61,7 @@ struct AscByKey {
 // std::sort. Tiles are large because every BLAS call wakes its thread pool, which is costly on a loaded machine.
 constexpr int64_t kScratchBytes = int64_t(8) << 20;
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define IMTOK_MERGE_X86 1
-inline bool has_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-
+#ifdef IMTOK_X86
 // Scores of 4 source rows (a [4][C], rows past the real ones are zero) against destination columns
 // [0, Nbpad) of bt [C][Nbpad] (zero padded), 16 columns at a time in registers (FMA over c in order), compared
 // there with each row's best so far: only a run of 16 that holds a larger score or a NaN goes to
@@ -104,17 +95,10 @@ __attribute__((target("avx2,fma"))) void row_max_tile_avx2(const float* __restri
     }
   }
 }
-#endif
 
-// Small problems (a ViT layer) in fp32 on AVX2+FMA: per batch, 4 source rows x 16 destinations in registers
-// with the running max checked there (row_max_tile_avx2); the first-max rule of row_max on the rare runs that
-// can change it. false (nothing done) for other types, sizes or CPUs.
 // The same with 512-bit vectors, 32 destinations per step (Nbpad a multiple of 32): the same FMA chains,
-// so the same bits. IMTOK_DISABLE_AVX512=1 (read once) keeps the AVX2 tile.
-inline bool has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && !std::getenv("IMTOK_DISABLE_AVX512");
-  return ok;
-}
+// so the same bits.
+
 template <typename Fold>
 __attribute__((target("avx512f"))) void row_max_tile_avx512(const float* __restrict__ a,
                                                             const float* __restrict__ bt, int64_t C, int64_t Nb,
@@ -144,15 +128,19 @@ __attribute__((target("avx512f"))) void row_max_tile_avx512(const float* __restr
     }
   }
 }
+#endif
 
+// Small problems (a ViT layer) in fp32 on AVX2+FMA: per batch, 4 source rows x 16 (32 with AVX-512)
+// destinations in registers with the running max checked there (row_max_tile_*); the first-max rule of
+// row_max on the rare runs that can change it. false (nothing done) for other types, sizes or CPUs.
 template <typename scalar_t, typename acc_t>
 bool max_scores_in_registers(const acc_t* np_, int64_t B, int64_t T, int64_t C, int64_t Na, int64_t Nb,
                              const int64_t* apos, const int64_t* bpos, bool class_token, bool distill_token,
                              std::vector<scalar_t>& node_max, std::vector<int64_t>& node_idx) {
-#ifdef IMTOK_MERGE_X86
+#ifdef IMTOK_X86
   if constexpr (std::is_same<scalar_t, float>::value) {
-    if (Na * Nb * C > (int64_t(1) << 22) || !has_avx2_fma()) return false;
-    const bool wide = has_avx512();
+    if (Na * Nb * C > (int64_t(1) << 22) || !cpu_has_avx2_fma()) return false;
+    const bool wide = cpu_use_avx512();
     const int64_t Nbpad = wide ? (Nb + 31) / 32 * 32 : (Nb + 15) / 16 * 16, j0 = distill_token ? 1 : 0;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> bt(C * Nbpad, 0.f), a4(4 * C);

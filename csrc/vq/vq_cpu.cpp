@@ -2,8 +2,8 @@
 //
 // The codebook is packed once into [D][Kpad] in the accumulation type (fp32, or fp64 for fp64 inputs) with
 // its squared norms; each thread takes blocks of 64 rows and walks the codebook in L2-sized chunks.
-// D < 48, fp32 accumulation, AVX2 + FMA (the register path): distances of 4 rows x 16 codes are computed in
-// registers and compared there with each row's threshold (best so far, or k-th best); only a run of 16 that
+// D < 48, fp32 accumulation, AVX2 + FMA (the register path; 4 x 32 with AVX-512): distances of 4 rows x 16
+// codes are computed in registers and compared there with each row's threshold (best so far, or k-th best); only a run of 16 that
 // holds a smaller distance (or a NaN) is handed to the scalar fold, which keeps codes in index order, so ties
 // go to the lowest index without extra work. Dot products and squared norms are then all sequential FMA chains,
 // so x equal to a code is at distance exactly 0. Otherwise every distance is folded (portable vector code), and
@@ -18,20 +18,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_features.h"
 #include "vq/vq_checks.h"
 #include "vq/vq_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
 // "avx2" clones dispatch on the CPU's features ("arch=haswell" clones would only be picked on a Haswell)
 #define IMTOK_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#define IMTOK_VQ_X86 1
 #else
 #define IMTOK_SIMD_CLONES
 #endif
@@ -47,11 +45,7 @@ constexpr int64_t kGemmMinD = 48;   // from here on a BLAS tile beats the regist
 constexpr int64_t kGemmRows = 256;  // GEMM tile: 256 rows x 2048 codes (2 MiB fp32), reused for every block
 constexpr int64_t kGemmCodes = 2048;
 
-#ifdef IMTOK_VQ_X86
-inline bool has_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
+#ifdef IMTOK_X86
 __attribute__((target("avx2,fma"))) inline float squared_norm_fma(const float* v, int64_t D) {
   float s = 0;
   for (int64_t d = 0; d < D; ++d) s = __builtin_fmaf(v[d], v[d], s);
@@ -62,8 +56,8 @@ __attribute__((target("avx2,fma"))) inline float squared_norm_fma(const float* v
 // the register path (see the top of the file) applies to this accumulation type and D on this CPU
 template <typename acc_t>
 bool use_register_path(int64_t D) {
-#ifdef IMTOK_VQ_X86
-  return std::is_same<acc_t, float>::value && D < kGemmMinD && has_avx2_fma();
+#ifdef IMTOK_X86
+  return std::is_same<acc_t, float>::value && D < kGemmMinD && cpu_has_avx2_fma();
 #else
   (void)D;
   return false;
@@ -73,7 +67,7 @@ bool use_register_path(int64_t D) {
 // |v|^2 with the arithmetic of the distance kernel that will use it
 template <typename acc_t>
 acc_t squared_norm(const acc_t* v, int64_t D, bool fma_chain) {
-#ifdef IMTOK_VQ_X86
+#ifdef IMTOK_X86
   if constexpr (std::is_same<acc_t, float>::value)
     if (fma_chain) return squared_norm_fma(v, D);
 #endif
@@ -277,7 +271,7 @@ void for_each_distance(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>
       finish);
 }
 
-#ifdef IMTOK_VQ_X86
+#ifdef IMTOK_X86
 // The register path for 4 rows (x, xn) and codes [k0, k0 + kc): for each 16 codes the 4 x 16 distances
 // (|x|^2 + |e|^2) - 2 x.e are computed with FMA chains and compared with thr[r]; a row whose 16 distances hold
 // one with !(d >= thr[r]) (smaller, or NaN on either side) goes to thr[r] = fold(row0 + r, d, code, n) with
@@ -330,11 +324,6 @@ __attribute__((target("avx2,fma"))) void close_distances_avx2(const float* __res
 
 // The same with 512-bit vectors and 32 codes per step (the last 16 of a chunk masked off when kc is an odd
 // multiple of 16): the same FMA chains, so the same bits as close_distances_avx2.
-// IMTOK_DISABLE_AVX512=1 (read once) keeps the AVX2 path on an AVX-512 CPU (tests compare the two)
-inline bool has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && !std::getenv("IMTOK_DISABLE_AVX512");
-  return ok;
-}
 template <typename Fold>
 __attribute__((target("avx512f"))) void close_distances_avx512(const float* __restrict__ x,
                                                                const float* __restrict__ xn,
@@ -393,7 +382,7 @@ __attribute__((target("avx512f"))) void close_distances_avx512(const float* __re
 template <typename scalar_t, typename acc_t, typename Init, typename Threshold, typename Fold, typename Finish>
 void for_each_candidate(const scalar_t* x, int64_t N, const PackedCodebook<acc_t>& p, int metric, Init init,
                         Threshold threshold, Fold fold, Finish finish) {
-#ifdef IMTOK_VQ_X86
+#ifdef IMTOK_X86
   if constexpr (std::is_same<acc_t, float>::value) {
     if (p.registers) {
       for_each_row_group<scalar_t, acc_t>(
@@ -407,7 +396,7 @@ void for_each_candidate(const scalar_t* x, int64_t N, const PackedCodebook<acc_t
               fold(row, d, k, n);
               return threshold(row);
             };
-            if (has_avx512())
+            if (cpu_use_avx512())
               close_distances_avx512(xg, xng, p.cbT.data(), p.en.data(), p.D, p.Kpad, k0, kc, kvalid, row0, nrows,
                                      thr, fold_then_threshold);
             else
