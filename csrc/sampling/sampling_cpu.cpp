@@ -28,6 +28,53 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 inline float sanitize(float v) { return std::isnan(v) ? -kInf : v; }
 
+// Hot loops that GCC vectorizes: cloned for AVX2 (no FMA, so every clone gives the scalar code's bits).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define IMTOK_SAMPLING_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define IMTOK_SAMPLING_CLONES
+#endif
+
+constexpr int64_t kChunk = 256;  // elements per chunk (a multiple of 4: whole Philox groups)
+
+// out[i] = Gumbel number of element 4 g0 + i of (seed, stream, row), i < n (n a multiple of 4, <= kChunk).
+IMTOK_SAMPLING_CLONES void gumbel_chunk(uint64_t seed, uint32_t stream, uint64_t row, uint64_t g0, int64_t n,
+                                        float* __restrict__ out) {
+  uint32_t bits[kChunk];
+  for (int64_t i = 0; i < n / 4; ++i) {
+    const U32x4 r = philox_group(seed, stream, row, g0 + static_cast<uint64_t>(i));
+    bits[4 * i] = r.x;
+    bits[4 * i + 1] = r.y;
+    bits[4 * i + 2] = r.z;
+    bits[4 * i + 3] = r.w;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = gumbel_from_bits(bits[i]);
+}
+
+// v[i] = l[i] + t * g[i]; returns max v (NaN-free inputs).
+IMTOK_SAMPLING_CLONES float add_scaled_max(const float* __restrict__ l, const float* __restrict__ g, float t,
+                                           int64_t n, float* __restrict__ v) {
+  float m = -kInf;
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = add_scaled(l[i], t, g[i]);
+    m = v[i] > m ? v[i] : m;
+  }
+  return m;
+}
+
+template <typename scalar_t>
+void load_chunk(const scalar_t* __restrict__ c, const scalar_t* __restrict__ u, int form, float g, float T, int64_t n,
+                float* __restrict__ out) {
+  if (!u) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(c[i]) / T;
+  } else if (form == 0) {
+    for (int64_t i = 0; i < n; ++i) out[i] = cfg_from_cond(static_cast<float>(c[i]), static_cast<float>(u[i]), g) / T;
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = cfg_from_uncond(static_cast<float>(c[i]), static_cast<float>(u[i]), g) / T;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = sanitize(out[i]);
+}
+
 // Gumbel numbers of one (seed, stream, row), one Philox call per group of four elements.
 struct GumbelStream {
   uint64_t seed;
@@ -242,32 +289,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_step_cpu(const at::Tensor
         }
         const scalar_t* c = cp + p * V;
         const scalar_t* u = up ? up + p * V : nullptr;
-        auto lv = [&](int64_t j) {
-          float v = static_cast<float>(c[j]);
-          if (u) v = form == 0 ? cfg_from_cond(v, static_cast<float>(u[j]), g) : cfg_from_uncond(v, static_cast<float>(u[j]), g);
-          return sanitize(v / T);
-        };
-        int64_t best = 0;
-        float best_l = lv(0);
-        if (t == 0.0f) {
-          for (int64_t j = 1; j < V; ++j) {
-            const float v = lv(j);
-            if (v > best_l) {
-              best_l = v;
-              best = j;
-            }
+        float lb[kChunk], gb[kChunk], vb[kChunk];
+        int64_t best = -1;
+        float best_v = -kInf, best_l = -kInf;
+        for (int64_t j0 = 0; j0 < V; j0 += kChunk) {
+          const int64_t n = std::min(kChunk, V - j0);
+          load_chunk<scalar_t>(c + j0, u ? u + j0 : nullptr, form, g, T, n, lb);
+          const float* vals = lb;
+          float cm;
+          if (t == 0.0f) {
+            cm = -kInf;
+            for (int64_t i = 0; i < n; ++i) cm = lb[i] > cm ? lb[i] : cm;
+          } else {
+            gumbel_chunk(static_cast<uint64_t>(seed), kStreamSample, static_cast<uint64_t>(p),
+                         static_cast<uint64_t>(j0 / 4), (n + 3) & ~int64_t(3), gb);
+            cm = add_scaled_max(lb, gb, t, n, vb);
+            vals = vb;
           }
-        } else {
-          GumbelStream gs{static_cast<uint64_t>(seed), kStreamSample, static_cast<uint64_t>(p)};
-          float best_v = add_scaled(best_l, t, gs(0));
-          for (int64_t j = 1; j < V; ++j) {
-            const float lj = lv(j);
-            const float v = add_scaled(lj, t, gs(j));
-            if (v > best_v) {
-              best_v = v;
-              best = j;
-              best_l = lj;
-            }
+          if (cm > best_v || best < 0) {
+            for (int64_t i = 0; i < n; ++i)
+              if (vals[i] == cm) {
+                if (cm > best_v || best < 0) {
+                  best = j0 + i;
+                  best_v = cm;
+                  best_l = lb[i];
+                }
+                break;
+              }
           }
         }
         sp[p] = best;
