@@ -107,15 +107,15 @@ struct RowFilter {
   }
 };
 
-// Weighted quickselect over items (value, weight): the value v* of the last token kept by top-p (the smallest value
-// with mass(strictly greater) < target), that mass and the weight / count of the tokens equal to v*.
-void top_p_cut(std::vector<std::pair<float, float>>& items, float target, float* vstar, float* above_out,
-               float* weq_out, int64_t* neq_out) {
+// Weighted quickselect over items (value, fixed-point mass): the value v* of the last token kept by top-p (the
+// smallest value with mass(strictly greater) < target), that mass and the count of the tokens equal to v*.
+void top_p_cut(std::vector<std::pair<float, uint64_t>>& items, double target, float* vstar, uint64_t* above_out,
+               int64_t* neq_out) {
   int64_t lo = 0, hi = static_cast<int64_t>(items.size());
-  float above = 0.0f;
+  uint64_t above = 0;
   while (true) {
     const int64_t mid = lo + (hi - lo) / 2;
-    float a = items[lo].first, b = items[mid].first, c = items[hi - 1].first;
+    const float a = items[lo].first, b = items[mid].first, c = items[hi - 1].first;
     const float pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));  // median of three
     // three-way partition of [lo, hi) into > pivot | == pivot | < pivot
     int64_t gt = lo, i = lo, lt = hi;
@@ -128,18 +128,17 @@ void top_p_cut(std::vector<std::pair<float, float>>& items, float target, float*
       else
         ++i;
     }
-    float mass_gt = 0.0f, mass_eq = 0.0f;
+    uint64_t mass_gt = 0, mass_eq = 0;
     for (int64_t j = lo; j < gt; ++j) mass_gt += items[j].second;
     for (int64_t j = gt; j < lt; ++j) mass_eq += items[j].second;
-    const float G = above + mass_gt;
-    if (G >= target && gt > lo) {
+    const uint64_t G = above + mass_gt;
+    if (!(static_cast<double>(G) < target) && gt > lo) {
       hi = gt;
       continue;
     }
-    if (G + mass_eq >= target || lt == hi) {
+    if (!(static_cast<double>(G + mass_eq) < target) || lt == hi) {
       *vstar = pivot;
       *above_out = G;
-      *weq_out = items[gt].second;
       *neq_out = lt - gt;
       return;
     }
@@ -150,7 +149,7 @@ void top_p_cut(std::vector<std::pair<float, float>>& items, float target, float*
 
 // Fill f for the processed logits l[V] (temperature > 0, NaN already -inf).
 void build_filter(const float* l, int64_t V, int64_t top_k, double top_p, RowFilter& f, std::vector<float>& scratch,
-                  std::vector<std::pair<float, float>>& items) {
+                  std::vector<std::pair<float, uint64_t>>& items) {
   f = RowFilter{};
   float m = -kInf;
   for (int64_t j = 0; j < V; ++j) m = std::max(m, l[j]);
@@ -163,26 +162,21 @@ void build_filter(const float* l, int64_t V, int64_t top_k, double top_p, RowFil
   }
   if (top_p < 1.0 && m > -kInf) {
     items.clear();
-    float Z = 0.0f;
+    uint64_t Z = 0;
     for (int64_t j = 0; j < V; ++j) {
       if (!f.kept_k(l[j])) continue;
-      const float w = expf(l[j] - m);
+      const uint64_t w = mass_fixed(l[j], m);
       items.emplace_back(l[j], w);
       Z += w;
     }
-    const float target = static_cast<float>(top_p) * Z;
-    float vstar, G, weq;
+    const double target = top_p * static_cast<double>(Z);
+    float vstar;
+    uint64_t G;
     int64_t neq;
-    top_p_cut(items, target, &vstar, &G, &weq, &neq);
-    int64_t c = 0;
-    float acc = G;
-    while (c < neq && acc < target) {
-      ++c;
-      acc += weq;
-    }
+    top_p_cut(items, target, &vstar, &G, &neq);
     f.use_p = true;
     f.pval = vstar;
-    f.pties = std::max<int64_t>(c, 1);  // G < target: the first token equal to v* is always kept
+    f.pties = top_p_ties_kept(G, mass_fixed(vstar, m), neq, target);
   }
 }
 
@@ -235,7 +229,7 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits_, const c10::optional<at::
     const scalar_t* up = has_u ? uncond.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> l(V), scratch;
-      std::vector<std::pair<float, float>> items;
+      std::vector<std::pair<float, uint64_t>> items;
       RowFilter f;
       for (int64_t b = b0; b < b1; ++b) {
         process_row(cp + b * V, up ? up + b * V : nullptr, V, s, T, l.data());
@@ -356,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_step_cpu(const at::Tensor
 template <typename scalar_t>
 void gsd_distribution(const scalar_t* row, int64_t V, float T, int64_t top_k, double top_p, float* p, float* r,
                       std::vector<float>& l, RowFilter& f, std::vector<float>& scratch,
-                      std::vector<std::pair<float, float>>& items) {
+                      std::vector<std::pair<float, uint64_t>>& items) {
   process_row<scalar_t>(row, nullptr, V, 1.0f, T, l.data());
   if (T == 0.0f) {
     const int64_t a = argmax_row(l.data(), V);
@@ -434,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor> gsd_verify_cpu(const at::Tensor& draft_tokens
       const scalar_t* ep = emb.data_ptr<scalar_t>();
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
         std::vector<float> l(V), p(V), q(V), r(V), rq(V), scratch;
-        std::vector<std::pair<float, float>> items;
+        std::vector<std::pair<float, uint64_t>> items;
         std::vector<int64_t> above, below;
         RowFilter f;
         for (int64_t b = b0; b < b1; ++b) {

@@ -38,7 +38,7 @@ inline at::Tensor sample_logits_device(const at::Tensor& logits_, const c10::opt
     auto kern = sampling_k::sample_logits_kernel<scalar_t>;
     IMTOK_LAUNCH(kern, static_cast<unsigned>(B), sampling_k::kThreads, 0, stream, logits.data_ptr<scalar_t>(),
                  has_u ? uncond.data_ptr<scalar_t>() : static_cast<scalar_t*>(nullptr), out.data_ptr<int64_t>(), V,
-                 static_cast<float>(cfg_scale), static_cast<float>(temperature), top_k, static_cast<float>(top_p),
+                 static_cast<float>(cfg_scale), static_cast<float>(temperature), top_k, top_p,
                  static_cast<uint64_t>(seed));
   });
   return out;

@@ -113,49 +113,55 @@ __device__ void block_argmax(float& v, int64_t& i) {
 }
 
 // The smallest key K such that the weight of the participating elements with key > K is < target (the weight
-// must be < target above the largest key: weight(keys > 0xffffffff) = 0 < target). elem(j, key, w) -> bool
-// (participates). *above = weight of the elements with key > K. 8 passes of 4-bit digits over j in [0, n).
-template <typename W, typename Elem>
-__device__ uint32_t block_radix_search(int64_t n, W target, Elem elem, W* above_out) {
-  IMTOK_SHARED_ARRAY2(W, wbins, kWarps, 16);
-  IMTOK_SHARED_ARRAY(W, tot, 16);
+// above the largest key is 0 < target). elem(j, key, w) -> bool (participates); weights are integers (counts, or
+// the fixed-point softmax mass), so every sum is exact and order-free. *above = weight of the keys > K.
+// 8 passes of 4-bit digits over j in [0, n); the 16 bins are reduced through shared memory (3 barriers a pass).
+template <typename Elem>
+__device__ uint32_t block_radix_search(int64_t n, double target, Elem elem, uint64_t* above_out) {
+  IMTOK_SHARED_ARRAY2(uint64_t, tbins, 16, kThreads);  // [digit][thread]
+  IMTOK_SHARED_ARRAY2(uint64_t, part, 16, 16);          // [digit][slice of 16 threads]
+  IMTOK_SHARED_ARRAY(uint64_t, tot, 16);
   uint32_t prefix = 0;
-  W above = W(0);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint64_t above = 0;
+  const int tid = threadIdx.x;
   for (int shift = 28; shift >= 0; shift -= 4) {
-    W bins[16];
-    for (int d = 0; d < 16; ++d) bins[d] = W(0);
+    uint64_t bins[16];
+    for (int d = 0; d < 16; ++d) bins[d] = 0;
     const uint32_t hi_mask = shift == 28 ? 0u : (0xffffffffu << (shift + 4));
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int64_t j = tid; j < n; j += blockDim.x) {
       uint32_t key;
-      W w;
+      uint64_t w;
       if (!elem(j, key, w)) continue;
       if ((key & hi_mask) != (prefix & hi_mask)) continue;
       bins[(key >> shift) & 15u] += w;
     }
-    for (int d = 0; d < 16; ++d) {
-      const W s = warp_sum(bins[d]);
-      if (lane == 0) wbins[warp][d] = s;
+    for (int d = 0; d < 16; ++d) tbins[d][tid] = bins[d];
+    __syncthreads();
+    {
+      const int d = tid & 15, slice = tid >> 4;  // kThreads / 16 = 16 slices of 16 threads
+      uint64_t acc = 0;
+      for (int i = 0; i < 16; ++i) acc += tbins[d][slice * 16 + i];
+      part[d][slice] = acc;
     }
     __syncthreads();
-    if (threadIdx.x < 16) {
-      W s = W(0);
-      for (int w = 0; w < kWarps; ++w) s += wbins[w][threadIdx.x];
-      tot[threadIdx.x] = s;
+    if (tid < 16) {
+      uint64_t acc = 0;
+      for (int i = 0; i < 16; ++i) acc += part[tid][i];
+      tot[tid] = acc;
     }
     __syncthreads();
     // A(d) = above + sum_{d' > d} tot[d'] (the weight above sub-range d); the smallest d with A(d) < target
     int dsel = 15;
-    W a = above;
+    uint64_t a = above;
     for (int d = 14; d >= 0; --d) {
-      const W next = a + tot[d + 1];
-      if (!(next < target)) break;
+      const uint64_t next = a + tot[d + 1];
+      if (!(static_cast<double>(next) < target)) break;
       a = next;
       dsel = d;
     }
     above = a;
     prefix |= static_cast<uint32_t>(dsel) << shift;
-    __syncthreads();  // tot / wbins are rewritten by the next pass
+    // tot is read here and rewritten after two more barriers of the next pass: no barrier needed
   }
   *above_out = above;
   return prefix;
@@ -177,17 +183,17 @@ struct KeptSet {
 
 // lv(j) -> processed logit (NaN -> -inf). All threads of the block call it; all get the same KeptSet.
 template <typename LV>
-__device__ KeptSet row_kept_set(LV lv, int64_t V, int64_t top_k, float top_p) {
+__device__ KeptSet row_kept_set(LV lv, int64_t V, int64_t top_k, double top_p) {
   KeptSet ks{0, 0, 0u, 0u, 0, -kInf};
   float m = -kInf;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, lv(j));
   m = block_max(m);
   ks.m = m;
   if (top_k > 0 && top_k < V) {
-    int above = 0;
-    ks.kkey = block_radix_search<int>(
-        V, static_cast<int>(top_k),
-        [&](int64_t j, uint32_t& key, int& w) {
+    uint64_t above = 0;
+    ks.kkey = block_radix_search(
+        V, static_cast<double>(top_k),
+        [&](int64_t j, uint32_t& key, uint64_t& w) {
           key = ::imtok::sampling::float_key(lv(j));
           w = 1;
           return true;
@@ -195,46 +201,40 @@ __device__ KeptSet row_kept_set(LV lv, int64_t V, int64_t top_k, float top_p) {
         &above);
     ks.use_k = 1;
   }
-  if (top_p < 1.0f && m > -kInf) {
-    float z = 0.0f;
+  if (top_p < 1.0 && m > -kInf) {
+    uint64_t z = 0;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
       const float l = lv(j);
-      if (!ks.use_k || ::imtok::sampling::float_key(l) >= ks.kkey) z += expf(l - m);
+      if (!ks.use_k || ::imtok::sampling::float_key(l) >= ks.kkey) z += ::imtok::sampling::mass_fixed(l, m);
     }
-    const float Z = block_sum(z);
-    const float target = top_p * Z;
-    float G = 0.0f;
-    const uint32_t pkey = block_radix_search<float>(
+    const uint64_t Z = block_sum(z);
+    const double target = top_p * static_cast<double>(Z);
+    uint64_t G = 0;
+    const uint32_t pkey = block_radix_search(
         V, target,
-        [&](int64_t j, uint32_t& key, float& w) {
+        [&](int64_t j, uint32_t& key, uint64_t& w) {
           const float l = lv(j);
           key = ::imtok::sampling::float_key(l);
           if (ks.use_k && key < ks.kkey) return false;
-          w = expf(l - m);
+          w = ::imtok::sampling::mass_fixed(l, m);
           return true;
         },
         &G);
     // ties at the cut-off value: the first c by index, c = #{n : G + n w < target} (at least one)
-    int neq = 0;
+    uint64_t neq = 0;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) neq += ::imtok::sampling::float_key(lv(j)) == pkey ? 1 : 0;
     neq = block_sum(neq);
-    const float weq = expf(key_to_float(pkey) - m);
-    int c = 0;
-    float acc = G;
-    while (c < neq && acc < target) {
-      ++c;
-      acc += weq;
-    }
-    if (c < 1) c = 1;
+    const int64_t c = ::imtok::sampling::top_p_ties_kept(G, ::imtok::sampling::mass_fixed(key_to_float(pkey), m),
+                                                         static_cast<int64_t>(neq), target);
     ks.use_p = 1;
     ks.pkey = pkey;
     ks.pidx = V;
-    if (c < neq) {
-      int dummy = 0;
+    if (c < static_cast<int64_t>(neq)) {
+      uint64_t dummy = 0;
       // the c-th tie in ascending index order: key' = ~j, the c-th largest key'
-      const uint32_t k2 = block_radix_search<int>(
-          V, c,
-          [&](int64_t j, uint32_t& key, int& w) {
+      const uint32_t k2 = block_radix_search(
+          V, static_cast<double>(c),
+          [&](int64_t j, uint32_t& key, uint64_t& w) {
             if (::imtok::sampling::float_key(lv(j)) != pkey) return false;
             key = ~static_cast<uint32_t>(j);
             w = 1;
@@ -288,7 +288,7 @@ __device__ int64_t row_gumbel_max(LV lv, int64_t V, const KeptSet& ks, uint64_t 
 template <typename scalar_t>
 __global__ void sample_logits_kernel(const scalar_t* __restrict__ logits, const scalar_t* __restrict__ uncond,
                                      int64_t* __restrict__ out, int64_t V, float cfg_scale, float temperature,
-                                     int64_t top_k, float top_p, uint64_t seed) {
+                                     int64_t top_k, double top_p, uint64_t seed) {
   const int64_t b = blockIdx.x;
   const scalar_t* c = logits + b * V;
   const scalar_t* u = uncond ? uncond + b * V : nullptr;
@@ -397,10 +397,10 @@ __global__ void maskgit_remask_kernel(const float* __restrict__ conf, const int6
   k = k < 0 ? 0 : (k > N ? N : k);
   uint32_t cut = 0;  // remask <=> ~key(conf) >= cut
   if (k > 0) {
-    int above = 0;
-    cut = block_radix_search<int>(
-        N, static_cast<int>(k),
-        [&](int64_t n, uint32_t& key, int& w) {
+    uint64_t above = 0;
+    cut = block_radix_search(
+        N, static_cast<double>(k),
+        [&](int64_t n, uint32_t& key, uint64_t& w) {
           key = ~::imtok::sampling::float_key(cb[n]);
           w = 1;
           return true;

@@ -161,5 +161,23 @@ IMTOK_HD uint32_t float_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// The softmax mass of a logit l in a row with max m as a 32.32 fixed-point integer: exp(l - m) in [0, 1] times
+// 2^32. Top-p sums these, so every implementation (and every summation order) gets the same sums.
+IMTOK_HD uint64_t mass_fixed(float l, float m) {
+  return static_cast<uint64_t>(static_cast<double>(expf(l - m)) * 4294967296.0);
+}
+
+// How many of the neq tokens tied at the top-p cut-off value (each of mass w, after mass G strictly above) are
+// kept: #{n < neq : G + n w < target}, at least one.
+IMTOK_HD int64_t top_p_ties_kept(uint64_t G, uint64_t w, int64_t neq, double target) {
+  int64_t c = 0;
+  uint64_t acc = G;
+  while (c < neq && static_cast<double>(acc) < target) {
+    ++c;
+    acc += w;
+  }
+  return c < 1 ? 1 : c;
+}
+
 }  // namespace sampling
 }  // namespace imtok
