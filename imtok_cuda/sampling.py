@@ -269,38 +269,3 @@ def _gsd_fake(draft_tokens, target_logits, draft_logits, embedding, window, prob
     B = draft_tokens.shape[0]
     return draft_tokens.new_empty(B), draft_tokens.new_empty(B)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Until the C++ kernels are registered (they land family by family), the ops run the reference with a Philox-free
-# torch generator seeded from `seed`: same API, same semantics, reference speed.
-# ---------------------------------------------------------------------------------------------------------------
-def _install_reference_fallbacks():
-    from .reference import sampling as _ref
-
-    def _gen(seed, device):
-        g = torch.Generator(device=device)
-        g.manual_seed(int(seed))
-        return g
-
-    def _sample(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, seed):
-        return _ref.sample_logits(logits, uncond_logits, cfg_scale, temperature, top_k, top_p,
-                                  _gen(seed, logits.device))
-
-    def _maskgit(logits, tokens, mask_token_id, mask_len, uncond_logits, guidance_scale, cfg_form,
-                 softmax_temperature, randomize_temperature, seed):
-        return _ref.maskgit_step(logits, tokens, mask_token_id, mask_len, uncond_logits, guidance_scale, cfg_form,
-                                 softmax_temperature, randomize_temperature, _gen(seed, logits.device))
-
-    def _gsd(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold, dist_threshold,
-             temperature, top_k, top_p, seed):
-        return _ref.gsd_verify(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold,
-                               dist_threshold, temperature, top_k, top_p, _gen(seed, target_logits.device))
-
-    for name, fn in (("sampling_sample_logits", _sample), ("sampling_maskgit_step", _maskgit),
-                     ("sampling_gsd_verify", _gsd)):
-        for key in ("CPU", "CUDA"):
-            if not torch._C._dispatch_has_kernel_for_dispatch_key("imtok_cuda::" + name, key):
-                torch.library.impl("imtok_cuda::" + name, key)(fn)
-
-
-_install_reference_fallbacks()

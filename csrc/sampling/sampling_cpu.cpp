@@ -362,15 +362,14 @@ void gsd_distribution(const scalar_t* row, int64_t V, float T, int64_t top_k, do
   }
   build_filter(l.data(), V, top_k, top_p, f, scratch, items);
   f.seen = 0;
-  float Z = 0.0f;
+  uint64_t Zq = 0;
   for (int64_t j = 0; j < V; ++j) {
     const bool k = f.keep(l[j]) && l[j] > -kInf;
     r[j] = k ? l[j] : -kInf;
-    p[j] = k ? expf(l[j] - f.m) : 0.0f;
-    Z += p[j];
+    if (k) Zq += mass_fixed(l[j], f.m);
   }
-  const float inv = Z > 0.0f ? 1.0f / Z : 0.0f;
-  for (int64_t j = 0; j < V; ++j) p[j] *= inv;
+  const float Z = fixed_to_float(Zq);
+  for (int64_t j = 0; j < V; ++j) p[j] = r[j] > -kInf ? expf(l[j] - f.m) / Z : 0.0f;
 }
 
 // y ranks before z: larger ranking value first, then lower index.
@@ -381,7 +380,7 @@ float emb_d2(const emb_t* E, int64_t D, int64_t x, int64_t y) {
   float acc = 0.0f;
   for (int64_t d = 0; d < D; ++d) {
     const float diff = static_cast<float>(E[y * D + d]) - static_cast<float>(E[x * D + d]);
-    acc += diff * diff;
+    acc = fadd_rn(acc, fmul_rn(diff, diff));
   }
   return acc;
 }

@@ -414,6 +414,253 @@ __global__ void maskgit_remask_kernel(const float* __restrict__ conf, const int6
   }
 }
 
+// ---- GSD ------------------------------------------------------------------------------------------------------
+// Block-wide min / max of uint64 through shared memory (no shuffles), 3 barriers.
+template <bool kMin>
+__device__ uint64_t block_extreme_u64(uint64_t v) {
+  IMTOK_SHARED_ARRAY(uint64_t, all, kThreads);
+  IMTOK_SHARED_ARRAY(uint64_t, part, 16);
+  const int tid = threadIdx.x;
+  all[tid] = v;
+  __syncthreads();
+  if (tid < 16) {
+    uint64_t r = all[tid * 16];
+    for (int i = 1; i < 16; ++i) {
+      const uint64_t o = all[tid * 16 + i];
+      r = kMin ? (o < r ? o : r) : (o > r ? o : r);
+    }
+    part[tid] = r;
+  }
+  __syncthreads();
+  uint64_t r = part[0];
+  for (int i = 1; i < 16; ++i) r = kMin ? (part[i] < r ? part[i] : r) : (part[i] > r ? part[i] : r);
+  __syncthreads();
+  return r;
+}
+
+// The sampling distribution of one row: one-hot at the argmax (temperature 0) or softmax over the kept set.
+struct RowDist {
+  KeptSet ks;
+  float z;        // normaliser from the fixed-point mass
+  int64_t amax;   // temperature 0: the argmax, else -1
+};
+
+template <typename LV>
+__device__ RowDist row_distribution(LV lv, int64_t V, float T, int64_t top_k, double top_p) {
+  RowDist d;
+  if (T == 0.0f) {
+    float bv = -kInf;
+    int64_t bi = -1;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float l = lv(j);
+      if (arg_better(l, j, bv, bi)) {
+        bv = l;
+        bi = j;
+      }
+    }
+    block_argmax(bv, bi);
+    d.ks = KeptSet{0, 0, 0u, 0u, 0, -kInf};
+    d.z = 1.0f;
+    d.amax = bi < 0 ? 0 : bi;
+    return d;
+  }
+  d.ks = row_kept_set(lv, V, top_k, top_p);
+  d.amax = -1;
+  uint64_t z = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float l = lv(j);
+    if (l > -kInf && d.ks.keep(::imtok::sampling::float_key(l), j)) z += ::imtok::sampling::mass_fixed(l, d.ks.m);
+  }
+  d.z = ::imtok::sampling::fixed_to_float(block_sum(z));
+  return d;
+}
+
+// (probability, ranking value) of token j with processed logit l.
+__device__ __forceinline__ void dist_at(const RowDist& d, float l, int64_t j, float* p, float* r) {
+  if (d.amax >= 0) {
+    *p = j == d.amax ? 1.0f : 0.0f;
+    *r = j == d.amax ? l : -kInf;
+    return;
+  }
+  const bool k = l > -kInf && d.ks.keep(::imtok::sampling::float_key(l), j);
+  *p = k ? expf(l - d.ks.m) / d.z : 0.0f;
+  *r = k ? l : -kInf;
+}
+
+// Ranking order: larger ranking value first, then lower index, as one 64-bit key (larger = earlier).
+__device__ __forceinline__ uint64_t rank_key(float r, int64_t j) {
+  return (static_cast<uint64_t>(::imtok::sampling::float_key(r)) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
+}
+
+constexpr int kMaxWindow = 64;
+
+// Acceptance of draft position (b, i): grid (B, L); block kThreads. accept[b, i] = u * sum_C q < sum_C p.
+template <typename scalar_t, typename emb_t>
+__global__ void gsd_accept_kernel(const int64_t* __restrict__ draft_tokens, const scalar_t* __restrict__ target,
+                                  const scalar_t* __restrict__ draft, const emb_t* __restrict__ emb,
+                                  bool* __restrict__ accept, int64_t L, int64_t Lt, int64_t V, int64_t D, int window,
+                                  float pt, float dt, float T, int64_t top_k, double top_p, uint64_t seed) {
+  IMTOK_SHARED_ARRAY(int64_t, cand, 2 * kMaxWindow);
+  IMTOK_SHARED_ARRAY(int, ckeep, 2 * kMaxWindow);
+  const int64_t b = blockIdx.x, i = blockIdx.y;
+  const scalar_t* tr = target + (b * Lt + i) * V;
+  const scalar_t* dr = draft + (b * L + i) * V;
+  auto lt = [&](int64_t j) -> float { return nan_to_neg_inf(T != 0.0f ? static_cast<float>(tr[j]) / T : static_cast<float>(tr[j])); };
+  auto ld = [&](int64_t j) -> float { return nan_to_neg_inf(T != 0.0f ? static_cast<float>(dr[j]) / T : static_cast<float>(dr[j])); };
+  const RowDist pd = row_distribution(lt, V, T, top_k, top_p);
+  const RowDist qd = row_distribution(ld, V, T, top_k, top_p);
+  int64_t x = draft_tokens[b * L + i];
+  x = x < 0 ? 0 : (x >= V ? V - 1 : x);  // the host checks CPU inputs; a device never reads out of bounds
+  float px, rx, qx, rq;
+  dist_at(pd, lt(x), x, &px, &rx);
+  dist_at(qd, ld(x), x, &qx, &rq);
+  int nc = 0;
+  if (window > 0) {
+    const uint64_t cx = rank_key(rx, x);
+    // the `window` nearest tokens above x (smallest keys > cx), then below (largest keys < cx)
+    for (int side = 0; side < 2; ++side) {
+      uint64_t last = cx;
+      for (int k = 0; k < window; ++k) {
+        uint64_t best = side == 0 ? ~uint64_t(0) : 0;
+        for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+          float pj, rj;
+          dist_at(pd, lt(j), j, &pj, &rj);
+          const uint64_t kj = rank_key(rj, j);
+          if (side == 0 ? (kj > last && kj < best) : (kj < last && kj > best)) best = kj;
+        }
+        best = side == 0 ? block_extreme_u64<true>(best) : block_extreme_u64<false>(best);
+        if (side == 0 ? best == ~uint64_t(0) : best == 0) break;
+        if (threadIdx.x == 0) cand[nc] = static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(best & 0xffffffffu));
+        ++nc;
+        last = best;
+      }
+    }
+    __syncthreads();
+    // filters: one thread per candidate, the distance summed in dimension order (as the CPU kernel)
+    if (static_cast<int>(threadIdx.x) < nc) {
+      const int64_t y = cand[threadIdx.x];
+      float py, ry;
+      dist_at(pd, lt(y), y, &py, &ry);
+      float acc = 0.0f;
+      for (int64_t e = 0; e < D; ++e) {
+        const float diff = static_cast<float>(emb[y * D + e]) - static_cast<float>(emb[x * D + e]);
+        acc = ::imtok::sampling::fadd_rn(acc, ::imtok::sampling::fmul_rn(diff, diff));
+      }
+      ckeep[threadIdx.x] = (fabsf(py - px) < pt && acc < dt) ? 1 : 0;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float P = px, Q = qx;
+    if (window > 0) {
+      // x and the kept candidates in ascending index order (insertion sort of at most 2 window indices)
+      int64_t ys[2 * kMaxWindow];
+      int ny = 0;
+      for (int c = 0; c < nc; ++c) {
+        if (!ckeep[c]) continue;
+        const int64_t y = cand[c];
+        int pos = ny++;
+        while (pos > 0 && ys[pos - 1] > y) {
+          ys[pos] = ys[pos - 1];
+          --pos;
+        }
+        ys[pos] = y;
+      }
+      P = 0.0f;
+      Q = 0.0f;
+      bool x_done = false;
+      for (int c = 0; c < ny; ++c) {
+        const int64_t y = ys[c];
+        if (!x_done && x < y) {
+          P += px;
+          Q += qx;
+          x_done = true;
+        }
+        float py, ry, qy, rqy;
+        dist_at(pd, lt(y), y, &py, &ry);
+        dist_at(qd, ld(y), y, &qy, &rqy);
+        P += py;
+        Q += qy;
+      }
+      if (!x_done) {
+        P += px;
+        Q += qx;
+      }
+    }
+    const float u = ::imtok::sampling::philox_uniform(seed, ::imtok::sampling::kStreamAccept,
+                                                      static_cast<uint64_t>(b * L + i), 0);
+    accept[b * L + i] = u * Q < P;
+  }
+}
+
+// Prefix acceptance and the next token: grid (B); block kThreads.
+template <typename scalar_t>
+__global__ void gsd_finish_kernel(const bool* __restrict__ accept, const scalar_t* __restrict__ target,
+                                  const scalar_t* __restrict__ draft, int64_t* __restrict__ num_acc,
+                                  int64_t* __restrict__ next, int64_t L, int64_t Lt, int64_t V, float T,
+                                  int64_t top_k, double top_p, uint64_t seed) {
+  const int64_t b = blockIdx.x;
+  int64_t n = 0;
+  while (n < L && accept[b * L + n]) ++n;  // every thread reads the same flags
+  if (n == L && Lt == L) {
+    if (threadIdx.x == 0) {
+      num_acc[b] = n;
+      next[b] = -1;
+    }
+    return;  // uniform across the block
+  }
+  const int64_t i = n;  // the first rejected position, or the extra target row
+  const scalar_t* tr = target + (b * Lt + i) * V;
+  const scalar_t* dr = draft + (b * L + (i < L ? i : 0)) * V;
+  auto lt = [&](int64_t j) -> float { return nan_to_neg_inf(T != 0.0f ? static_cast<float>(tr[j]) / T : static_cast<float>(tr[j])); };
+  auto ld = [&](int64_t j) -> float { return nan_to_neg_inf(T != 0.0f ? static_cast<float>(dr[j]) / T : static_cast<float>(dr[j])); };
+  const RowDist pd = row_distribution(lt, V, T, top_k, top_p);
+  const bool residual = i < L;
+  RowDist qd = pd;
+  if (residual) qd = row_distribution(ld, V, T, top_k, top_p);
+  // weights: max(0, p - q) (p when that is all zero) at a rejection, p on the extra row
+  int any = 0;
+  if (residual) {
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      float pj, rj, qj, rqj;
+      dist_at(pd, lt(j), j, &pj, &rj);
+      dist_at(qd, ld(j), j, &qj, &rqj);
+      any |= (pj - qj > 0.0f) ? 1 : 0;
+    }
+    any = block_sum(any) > 0 ? 1 : 0;
+  }
+  float bv = -kInf;
+  int64_t bi = -1;
+  const uint64_t row = static_cast<uint64_t>(b * Lt + i);
+  for (int64_t g4 = threadIdx.x; g4 * 4 < V; g4 += blockDim.x) {
+    const U32x4 bits = ::imtok::sampling::philox_group(seed, ::imtok::sampling::kStreamResample, row,
+                                                       static_cast<uint64_t>(g4));
+    for (int q = 0; q < 4; ++q) {
+      const int64_t j = g4 * 4 + q;
+      if (j >= V) break;
+      float pj, rj, w;
+      dist_at(pd, lt(j), j, &pj, &rj);
+      w = pj;
+      if (residual && any) {
+        float qj, rqj;
+        dist_at(qd, ld(j), j, &qj, &rqj);
+        w = fmaxf(pj - qj, 0.0f);
+      }
+      if (!(w > 0.0f)) continue;
+      const float v = logf(w) + ::imtok::sampling::gumbel_from_bits(::imtok::sampling::u32x4_get(bits, q));
+      if (arg_better(v, j, bv, bi)) {
+        bv = v;
+        bi = j;
+      }
+    }
+  }
+  block_argmax(bv, bi);
+  if (threadIdx.x == 0) {
+    num_acc[b] = n;
+    next[b] = bi;
+  }
+}
+
 }  // namespace sampling_k
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

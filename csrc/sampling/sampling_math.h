@@ -167,6 +167,9 @@ IMTOK_HD uint64_t mass_fixed(float l, float m) {
   return static_cast<uint64_t>(static_cast<double>(expf(l - m)) * 4294967296.0);
 }
 
+// The normaliser of a row from its fixed-point mass (the same float in every implementation).
+IMTOK_HD float fixed_to_float(uint64_t z) { return static_cast<float>(static_cast<double>(z) * 2.3283064365386963e-10); }
+
 // How many of the neq tokens tied at the top-p cut-off value (each of mass w, after mass G strictly above) are
 // kept: #{n < neq : G + n w < target}, at least one.
 IMTOK_HD int64_t top_p_ties_kept(uint64_t G, uint64_t w, int64_t neq, double target) {
