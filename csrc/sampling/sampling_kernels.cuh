@@ -19,6 +19,7 @@ namespace sampling_k {
 using ::imtok::sampling::U32x4;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+static_assert(kThreads == 256, "the radix search reduces 16 slices of 16 threads");
 constexpr float kInf = __builtin_huge_valf();
 
 __device__ __forceinline__ float nan_to_neg_inf(float v) { return v != v ? -kInf : v; }
@@ -112,15 +113,45 @@ __device__ void block_argmax(float& v, int64_t& i) {
   i = bi;
 }
 
+// The search's shared scratch lives in non-template functions: one allocation per kernel, however many Elem
+// instantiations (a __shared__ array inside the template would be allocated once per instantiation).
+#if defined(__CUDACC__)
+__device__ __forceinline__ uint64_t* radix_tbins() {
+  __shared__ uint64_t s[16 * kThreads];  // [digit][thread]
+  return s;
+}
+__device__ __forceinline__ uint64_t* radix_part() {
+  __shared__ uint64_t s[16 * 16];  // [digit][slice of 16 threads]
+  return s;
+}
+__device__ __forceinline__ uint64_t* radix_tot() {
+  __shared__ uint64_t s[16];
+  return s;
+}
+#else
+inline auto& radix_tbins() {
+  IMTOK_SHARED_ARRAY(uint64_t, s, 16 * kThreads);
+  return s;
+}
+inline auto& radix_part() {
+  IMTOK_SHARED_ARRAY(uint64_t, s, 16 * 16);
+  return s;
+}
+inline auto& radix_tot() {
+  IMTOK_SHARED_ARRAY(uint64_t, s, 16);
+  return s;
+}
+#endif
+
 // The smallest key K such that the weight of the participating elements with key > K is < target (the weight
 // above the largest key is 0 < target). elem(j, key, w) -> bool (participates); weights are integers (counts, or
 // the fixed-point softmax mass), so every sum is exact and order-free. *above = weight of the keys > K.
 // 8 passes of 4-bit digits over j in [0, n); the 16 bins are reduced through shared memory (3 barriers a pass).
 template <typename Elem>
 __device__ uint32_t block_radix_search(int64_t n, double target, Elem elem, uint64_t* above_out) {
-  IMTOK_SHARED_ARRAY2(uint64_t, tbins, 16, kThreads);  // [digit][thread]
-  IMTOK_SHARED_ARRAY2(uint64_t, part, 16, 16);          // [digit][slice of 16 threads]
-  IMTOK_SHARED_ARRAY(uint64_t, tot, 16);
+  auto&& tbins = radix_tbins();
+  auto&& part = radix_part();
+  auto&& tot = radix_tot();
   uint32_t prefix = 0;
   uint64_t above = 0;
   const int tid = threadIdx.x;
@@ -135,18 +166,18 @@ __device__ uint32_t block_radix_search(int64_t n, double target, Elem elem, uint
       if ((key & hi_mask) != (prefix & hi_mask)) continue;
       bins[(key >> shift) & 15u] += w;
     }
-    for (int d = 0; d < 16; ++d) tbins[d][tid] = bins[d];
+    for (int d = 0; d < 16; ++d) tbins[d * kThreads + tid] = bins[d];
     __syncthreads();
     {
       const int d = tid & 15, slice = tid >> 4;  // kThreads / 16 = 16 slices of 16 threads
       uint64_t acc = 0;
-      for (int i = 0; i < 16; ++i) acc += tbins[d][slice * 16 + i];
-      part[d][slice] = acc;
+      for (int i = 0; i < 16; ++i) acc += tbins[d * kThreads + slice * 16 + i];
+      part[d * 16 + slice] = acc;
     }
     __syncthreads();
     if (tid < 16) {
       uint64_t acc = 0;
-      for (int i = 0; i < 16; ++i) acc += part[tid][i];
+      for (int i = 0; i < 16; ++i) acc += part[tid * 16 + i];
       tot[tid] = acc;
     }
     __syncthreads();
