@@ -108,6 +108,14 @@ def test_one_token_vocabulary_and_empty_batch(emu):
         assert op.sampling_sample_logits(one, None, 1.0, 1.0, 0, 0.5, 3).tolist() == [0, 0, 0, 0]
         assert op.sampling_sample_logits(torch.empty(0, 5), None, 1.0, 1.0, 2, 0.9, 3).shape == (0,)
     assert R.sample_logits(torch.empty(0, 5), top_k=2).shape == (0,)
+    for B, N in ((0, 4), (2, 0)):
+        c = torch.randn(B, N, 7)
+        tok = torch.full((B, N), 7)
+        ml = torch.zeros(B, dtype=torch.long)
+        for op in (OPS, emu):
+            out = op.sampling_maskgit_step(c, tok, 7, ml, None, 0.0, "muse", 1.0, 1.0, 3)
+            assert [tuple(o.shape) for o in out] == [(B, N)] * 3
+        assert [tuple(o.shape) for o in R.maskgit_step(c, tok, 7, 0)] == [(B, N)] * 3
 
 
 def test_sample_logits_non_contiguous():
@@ -307,6 +315,21 @@ def test_gsd_cluster_acceptance_rate_matches_reference_rule():
     ref_acc, _ = R.gsd_verify(torch.full((400, 1), x), pl.expand(400, 1, V), ql.expand(400, 1, V), E, window=3,
                               prob_threshold=0.2, dist_threshold=0.6, generator=g)
     assert abs(ref_acc.double().mean().item() - a) < 5 * math.sqrt(max(a * (1 - a), 1e-4) / 400) + 1e-3
+
+
+def test_gsd_one_token_cluster_is_exactly_sjd():
+    """A cluster that the filters reduce to x alone gives SJD's decisions draw for draw (same Philox numbers)."""
+    g = torch.Generator().manual_seed(18)
+    B, L, V = 64, 4, 30
+    t = torch.randn(B, L + 1, V, generator=g)
+    d = t[:, :L] + torch.randn(B, L, V, generator=g)
+    x = torch.softmax(d, -1).view(-1, V).multinomial(1, generator=g).view(B, L)
+    E = torch.randn(V, 4, generator=g)
+    sjd = OPS.sampling_gsd_verify(x, t, d, E, 0, 0.15, 0.5, 1.0, 0, 1.0, 21)
+    for pt, dt in ((0.0, 0.5), (0.15, 0.0)):
+        one = OPS.sampling_gsd_verify(x, t, d, E, 7, pt, dt, 1.0, 0, 1.0, 21)
+        assert torch.equal(one[0], sjd[0]) and torch.equal(one[1], sjd[1])
+    assert 0 < int(sjd[0].sum()) < B * L  # some accepted, some rejected
 
 
 def test_philox_cpu_and_emulated_gsd_kernels_agree(emu):
