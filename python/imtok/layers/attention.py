@@ -1,0 +1,127 @@
+"""Multi-head attention for every model and token-reduction patch of imtok.
+
+One function, `attention(q, k, v, ...)`, picks the implementation:
+  * inside `imtok.use_reference()`: imtok_cuda.reference.attention (explicit softmax, the specification);
+  * when a key bias, key mask, packed sequences (cu_seqlens) or a side output (LSE, CLS row, column sums) is
+    asked for: the fused op imtok_cuda.attention (none of these exists in SDPA without an N x N matrix);
+  * otherwise torch's scaled_dot_product_attention. Measured on the 2-vCPU dev VM (README benchmark table,
+    ViT-B/16 shapes): the fused op is 0.9-1.0x of SDPA's speed for the output alone and 0.8x forward+backward,
+    so SDPA is the faster choice when nothing else is needed (on a GPU SDPA runs FlashAttention).
+    SDPA's causal mask is top-left aligned, ours bottom-right (FlashAttention >= 2.1): with Nq != Nk (decoding
+    from a KV cache) a causal call goes to the fused op.
+
+`Attention` is the module: timm's parameter names (qkv, proj, num_heads, head_dim, scale), optional q/k norms,
+an optional rotary embedding applied to q and k, and a KV cache for decoding.
+"""
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import imtok_cuda
+from imtok_cuda.reference import attention as _reference
+
+from .switch import reference_enabled
+
+__all__ = ["attention", "Attention", "KVCache"]
+
+
+def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None, cu_seqlens=None,
+              return_lse=False, return_cls_attn=False, return_col_sum=False, col_sum_queries=None):
+    """softmax(scale q k^T + key_bias, masked) v for q [B, H, Nq, d], k and v [B, H, Nk, d].
+
+    Same conventions and return values as imtok_cuda.attention.attention (out, or AttentionOutputs when a side
+    output is requested): key_mask [B, Nk] bool True = keep, causal bottom-right aligned, a query with no
+    visible key gets out = 0."""
+    side = return_lse or return_cls_attn or return_col_sum
+    kwargs = dict(key_bias=key_bias, key_mask=key_mask, causal=causal, scale=scale, return_lse=return_lse,
+                  return_cls_attn=return_cls_attn, return_col_sum=return_col_sum,
+                  col_sum_queries=col_sum_queries, cu_seqlens=cu_seqlens)
+    if reference_enabled():
+        return _reference.attention(q, k, v, **kwargs)
+    plain = key_bias is None and key_mask is None and cu_seqlens is None and not side
+    if plain and (not causal or q.shape[2] == k.shape[2]) and q.shape[2] > 0 and k.shape[2] > 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), scale=scale)
+    return imtok_cuda.attention.attention(q, k, v, **kwargs)
+
+
+class KVCache:
+    """Keys and values of the tokens decoded so far, preallocated [B, H, max_len, d] per layer.
+
+    `append(k, v)` writes the new tokens at the current length and returns views of everything cached; the
+    caller advances nothing by hand. `reset()` empties the cache (the buffers stay)."""
+
+    def __init__(self, batch_size: int, num_heads: int, max_len: int, head_dim: int, dtype=torch.float32,
+                 device=None):
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def reset(self):
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        n = k.shape[2]
+        if self.length + n > self.max_len:
+            raise ValueError(f"KVCache holds at most {self.max_len} tokens; {self.length} cached + {n} new")
+        self.k[:, :, self.length:self.length + n] = k
+        self.v[:, :, self.length:self.length + n] = v
+        self.length += n
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+class AttentionSideOutputs(NamedTuple):
+    out: torch.Tensor
+    lse: Optional[torch.Tensor]
+    cls_attn: Optional[torch.Tensor]
+    col_sum: Optional[torch.Tensor]
+    keys: torch.Tensor
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with timm's names (qkv, proj, num_heads, head_dim, scale).
+
+    forward(x [B, N, C], key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
+            side_outputs=False)
+    rope: a callable (q, k) -> (q, k) applied after the projection (e.g. 2D rotary embedding with positions).
+    kv_cache: a KVCache; the new keys/values are appended and attention runs over everything cached
+              (causal then aligns the new queries with the last keys).
+    side_outputs=True returns AttentionSideOutputs(out, lse, cls_attn (head-mean), col_sum (head-mean), keys)
+    for token reduction (keys [B, H, N, d] give ToMe's metric)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
+                 qk_norm: Optional[Callable[[int], nn.Module]] = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = qk_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = qk_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x, key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
+                side_outputs=False):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope(q, k)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        res = attention(q, k, v, key_bias=key_bias, key_mask=key_mask, causal=causal, scale=self.scale,
+                        cu_seqlens=cu_seqlens, return_lse=side_outputs, return_cls_attn=side_outputs,
+                        return_col_sum=side_outputs)
+        out = res.out if side_outputs else res
+        out = self.proj(out.transpose(1, 2).reshape(B, N, C))
+        if not side_outputs:
+            return out
+        return AttentionSideOutputs(out, res.lse, res.cls_attn_mean, res.col_sum_mean, k)
