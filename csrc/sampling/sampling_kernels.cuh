@@ -518,6 +518,12 @@ __device__ __forceinline__ void dist_at(const RowDist& d, float l, int64_t j, fl
   *r = k ? l : -kInf;
 }
 
+// The ranking value alone (no expf): the processed logit of a kept token, -inf otherwise.
+__device__ __forceinline__ float rank_at(const RowDist& d, float l, int64_t j) {
+  if (d.amax >= 0) return j == d.amax ? l : -kInf;
+  return (l > -kInf && d.ks.keep(::imtok::sampling::float_key(l), j)) ? l : -kInf;
+}
+
 // Ranking order: larger ranking value first, then lower index, as one 64-bit key (larger = earlier).
 __device__ __forceinline__ uint64_t rank_key(float r, int64_t j) {
   return (static_cast<uint64_t>(::imtok::sampling::float_key(r)) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
@@ -554,9 +560,7 @@ __global__ void gsd_accept_kernel(const int64_t* __restrict__ draft_tokens, cons
       for (int k = 0; k < window; ++k) {
         uint64_t best = side == 0 ? ~uint64_t(0) : 0;
         for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-          float pj, rj;
-          dist_at(pd, lt(j), j, &pj, &rj);
-          const uint64_t kj = rank_key(rj, j);
+          const uint64_t kj = rank_key(rank_at(pd, lt(j), j), j);
           if (side == 0 ? (kj > last && kj < best) : (kj < last && kj > best)) best = kj;
         }
         best = side == 0 ? block_extreme_u64<true>(best) : block_extreme_u64<false>(best);
