@@ -164,7 +164,10 @@ IMTOK_HD uint32_t float_key(float f) {
 // The softmax mass of a logit l in a row with max m as a 32.32 fixed-point integer: exp(l - m) in [0, 1] times
 // 2^32. Top-p sums these, so every implementation (and every summation order) gets the same sums.
 IMTOK_HD uint64_t mass_fixed(float l, float m) {
-  return static_cast<uint64_t>(static_cast<double>(expf(l - m)) * 4294967296.0);
+  float e = expf(l - m);
+  if (!(e >= 0.0f)) e = 0.0f;  // NaN (an infinite logit): no mass, and no undefined float -> integer cast
+  if (e > 1.0f) e = 1.0f;
+  return static_cast<uint64_t>(static_cast<double>(e) * 4294967296.0);
 }
 
 // The normaliser of a row from its fixed-point mass (the same float in every implementation).
