@@ -389,7 +389,7 @@ def test_sjd_and_gsd_output_distribution_match_plain_ar():
     m = tiny_gpt(vocab_size=V, block_size=4, num_classes=2)
     with torch.no_grad():  # sharper, context-dependent distributions
         m.output.weight.mul_(4.0)
-    cond = torch.zeros(4000, dtype=torch.long)
+    cond = torch.zeros(3000, dtype=torch.long)
     plain = m.generate(cond, cfg_scale=1.5, generator=torch.Generator().manual_seed(0))
     joint = lambda x: x[:, 0] * V * V + x[:, 1] * V + x[:, 2]  # noqa: E731  first three tokens
     emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0], [0.0, -1.0]])

@@ -5,7 +5,8 @@ One forward pass per iteration verifies a Jacobi draft of L tokens:
   target = the (guided) logits of those positions; the draft logits are the ones each d_i was sampled from.
   imtok_cuda.sampling.gsd_verify accepts a left-to-right prefix (cluster test min(1, sum p / sum q) over the
   +-window rank cluster; window 0 = SJD's min(1, p / q)) and resamples norm(max(0, p - q)) at the first
-  rejection; when all L are accepted the next token is drawn from the last position's distribution.
+  rejection; when all L are accepted the next token is drawn from the last position's distribution (the
+  target's extra row L).
   The KV entries of the accepted drafts are kept (they were computed on the accepted prefix), the rest dropped.
   New drafts (Jacobi): positions after the new token are re-drafted from this pass's distributions at those
   positions, and the slots past the end of the window from the last position's distribution.
@@ -82,14 +83,11 @@ def speculative_generate(model, cond, n_tokens: int, cfg_scale: float = 1.0, cfg
         logits = model.decode_step(model.embed_tokens(x.repeat(rows // B, 1)), cls + n - 1, caches)
         passes += 1
         target = _guided(logits, B, cfg_scale, cfg_on(n, L + 1))  # [B, L + 1, V]: target[:, i] for token n + i
-        num_acc, resampled = ops.gsd_verify(drafts[:, :L], target[:, :L], draft_logits[:, :L], code_embedding,
+        num_acc, resampled = ops.gsd_verify(drafts[:, :L], target, draft_logits[:, :L], code_embedding,
                                             window=window, prob_threshold=prob_threshold,
                                             dist_threshold=dist_threshold, **sample_kw)
         k = int(num_acc.min())
-        if k < L:
-            nxt = torch.where(num_acc > k, drafts[:, k], resampled)
-        else:
-            nxt = draw(target[:, L:L + 1])[:, 0]
+        nxt = torch.where(num_acc > k, drafts[:, min(k, L - 1)], resampled)  # resampled: residual or bonus
         out[:, n:n + k] = drafts[:, :k]
         out[:, n + k] = nxt
         for c in caches:  # keep the last token's and the k accepted drafts' entries
