@@ -363,6 +363,15 @@ def test_gsd_greedy_equals_plain_greedy():
         assert 1 <= passes <= 16
 
 
+def test_gsd_accepting_every_draft_counts_passes():
+    m = tiny_gpt()
+    with torch.no_grad():
+        m.output.weight.zero_()  # flat logits: greedy picks token 0, every draft agrees
+    out, passes = m.generate(torch.tensor([0, 1]), temperature=0, speculative="gsd", draft_len=5)
+    assert torch.equal(out, torch.zeros(2, 16, dtype=torch.long))
+    assert passes == 1 + 3  # prefill, then 1 + 5 + 1, 5 + 1, and the last 3 drafts accepted
+
+
 def test_gsd_window0_is_sjd():
     m = tiny_gpt()
     cond = torch.tensor([0, 1, 2])

@@ -89,7 +89,8 @@ def speculative_generate(model, cond, n_tokens: int, cfg_scale: float = 1.0, cfg
         k = int(num_acc.min())
         nxt = torch.where(num_acc > k, drafts[:, min(k, L - 1)], resampled)  # resampled: residual or bonus
         out[:, n:n + k] = drafts[:, :k]
-        out[:, n + k] = nxt
+        if n + k < n_tokens:  # past the last image token there is nothing to add
+            out[:, n + k] = nxt
         for c in caches:  # keep the last token's and the k accepted drafts' entries
             c.length = cls + n + k
         n += k + 1
