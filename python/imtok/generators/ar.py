@@ -299,7 +299,8 @@ class LlamaGenGPT(Generator):
         """Sample image tokens [B, max_new_tokens] for class ids cond [B] (LlamaGen's argument names).
 
         max_new_tokens: defaults to the whole image (block_size tokens); must be a multiple of
-        tokens_per_step. cfg_scale != 1 decodes [cond; null] and samples from uncond + cfg_scale (cond - uncond).
+        tokens_per_step. cfg_scale != 1 decodes [cond; null] and samples from uncond + cfg_scale (cond - uncond)
+        (LlamaGen guides only when cfg_scale > 1 and ignores scales below 1; the same for every scale it uses).
         speculative: None (one token step per forward pass), "gsd" (grouped speculative decoding with a Jacobi
         draft of draft_len tokens, clusters of +-gsd_window ranks; gsd_window=0 is speculative Jacobi decoding)
         or "sjd" (= "gsd" with gsd_window=0). code_embedding [V, D]: the tokenizer's code vectors for GSD's
