@@ -7,6 +7,6 @@ reference in imtok_cuda.reference, a CPU kernel and a CUDA kernel.
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from ._loader import C as _C, build_info, emulation_available  # noqa: F401
-from . import vq, splat, shuffle, merge, prune, attention, sampling  # noqa: F401
+from . import vq, splat, shuffle, merge, prune, attention, sampling, nn  # noqa: F401
 
 __version__ = "0.1.0"

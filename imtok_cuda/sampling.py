@@ -17,7 +17,11 @@ Randomness: the kernels draw from Philox-4x32-10 keyed by a 62-bit seed that the
 ``generator`` (torch's default CPU generator when None), so the CPU kernel and the CUDA kernel draw the same
 numbers for the same generator state (bit-identical samples between the CPU kernel and the emulated CUDA
 kernel; a real GPU's expf / logf may differ in the last ulp, which can change a sample only at an exact near-tie).
-Categorical draws are Gumbel-max over the kept tokens, so the sample depends on no summation order.
+Categorical draws are Gumbel-max over the kept tokens, so the sample depends on no summation order; top-p sums
+32.32 fixed-point softmax masses, so its cut-off is the same in every implementation.
+
+torch.compile: the wrappers draw the seed with ``.item()`` (a graph break); in a ``fullgraph=True`` region call
+``torch.ops.imtok_cuda.sampling_*`` with an explicit ``seed`` (their fake kernels are registered).
 """
 import math
 
@@ -137,6 +141,7 @@ def _fake_check_sample(logits, uncond_logits, temperature, top_k, top_p):
 @torch.library.register_fake("imtok_cuda::sampling_sample_logits")
 def _sample_fake(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, seed):
     _fake_check_sample(logits, uncond_logits, temperature, top_k, top_p)
+    _check_real(cfg_scale, "cfg_scale")
     return logits.new_empty(logits.shape[0], dtype=torch.long)
 
 
@@ -197,6 +202,7 @@ def _maskgit_fake(logits, tokens, mask_token_id, mask_len, uncond_logits, guidan
     _check_long(mask_len, "mask_len", (B,), logits.device)
     if uncond_logits is not None:
         _check_like(uncond_logits, "uncond_logits", logits, "logits")
+    _check_real(guidance_scale, "guidance_scale")
     if cfg_form not in ("muse", "mdt"):
         raise ValueError("cfg_form must be 'muse' or 'mdt', got %r" % (cfg_form,))
     _check_real(softmax_temperature, "softmax_temperature", lo=0.0, lo_open=True)
@@ -269,38 +275,3 @@ def _gsd_fake(draft_tokens, target_logits, draft_logits, embedding, window, prob
     B = draft_tokens.shape[0]
     return draft_tokens.new_empty(B), draft_tokens.new_empty(B)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Until the C++ kernels are registered (they land family by family), the ops run the reference with a Philox-free
-# torch generator seeded from `seed`: same API, same semantics, reference speed.
-# ---------------------------------------------------------------------------------------------------------------
-def _install_reference_fallbacks():
-    from .reference import sampling as _ref
-
-    def _gen(seed, device):
-        g = torch.Generator(device=device)
-        g.manual_seed(int(seed))
-        return g
-
-    def _sample(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, seed):
-        return _ref.sample_logits(logits, uncond_logits, cfg_scale, temperature, top_k, top_p,
-                                  _gen(seed, logits.device))
-
-    def _maskgit(logits, tokens, mask_token_id, mask_len, uncond_logits, guidance_scale, cfg_form,
-                 softmax_temperature, randomize_temperature, seed):
-        return _ref.maskgit_step(logits, tokens, mask_token_id, mask_len, uncond_logits, guidance_scale, cfg_form,
-                                 softmax_temperature, randomize_temperature, _gen(seed, logits.device))
-
-    def _gsd(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold, dist_threshold,
-             temperature, top_k, top_p, seed):
-        return _ref.gsd_verify(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold,
-                               dist_threshold, temperature, top_k, top_p, _gen(seed, target_logits.device))
-
-    for name, fn in (("sampling_sample_logits", _sample), ("sampling_maskgit_step", _maskgit),
-                     ("sampling_gsd_verify", _gsd)):
-        for key in ("CPU", "CUDA"):
-            if not torch._C._dispatch_has_kernel_for_dispatch_key("imtok_cuda::" + name, key):
-                torch.library.impl("imtok_cuda::" + name, key)(fn)
-
-
-_install_reference_fallbacks()

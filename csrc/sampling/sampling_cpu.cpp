@@ -28,6 +28,53 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 inline float sanitize(float v) { return std::isnan(v) ? -kInf : v; }
 
+// Hot loops that GCC vectorizes: cloned for AVX2 (no FMA, so every clone gives the scalar code's bits).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define IMTOK_SAMPLING_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define IMTOK_SAMPLING_CLONES
+#endif
+
+constexpr int64_t kChunk = 256;  // elements per chunk (a multiple of 4: whole Philox groups)
+
+// out[i] = Gumbel number of element 4 g0 + i of (seed, stream, row), i < n (n a multiple of 4, <= kChunk).
+IMTOK_SAMPLING_CLONES void gumbel_chunk(uint64_t seed, uint32_t stream, uint64_t row, uint64_t g0, int64_t n,
+                                        float* __restrict__ out) {
+  uint32_t bits[kChunk];
+  for (int64_t i = 0; i < n / 4; ++i) {
+    const U32x4 r = philox_group(seed, stream, row, g0 + static_cast<uint64_t>(i));
+    bits[4 * i] = r.x;
+    bits[4 * i + 1] = r.y;
+    bits[4 * i + 2] = r.z;
+    bits[4 * i + 3] = r.w;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = gumbel_from_bits(bits[i]);
+}
+
+// v[i] = l[i] + t * g[i]; returns max v (NaN-free inputs).
+IMTOK_SAMPLING_CLONES float add_scaled_max(const float* __restrict__ l, const float* __restrict__ g, float t,
+                                           int64_t n, float* __restrict__ v) {
+  float m = -kInf;
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = add_scaled(l[i], t, g[i]);
+    m = v[i] > m ? v[i] : m;
+  }
+  return m;
+}
+
+template <typename scalar_t>
+void load_chunk(const scalar_t* __restrict__ c, const scalar_t* __restrict__ u, int form, float g, float T, int64_t n,
+                float* __restrict__ out) {
+  if (!u) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(c[i]) / T;
+  } else if (form == 0) {
+    for (int64_t i = 0; i < n; ++i) out[i] = cfg_from_cond(static_cast<float>(c[i]), static_cast<float>(u[i]), g) / T;
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = cfg_from_uncond(static_cast<float>(c[i]), static_cast<float>(u[i]), g) / T;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = sanitize(out[i]);
+}
+
 // Gumbel numbers of one (seed, stream, row), one Philox call per group of four elements.
 struct GumbelStream {
   uint64_t seed;
@@ -60,15 +107,15 @@ struct RowFilter {
   }
 };
 
-// Weighted quickselect over items (value, weight): the value v* of the last token kept by top-p (the smallest value
-// with mass(strictly greater) < target), that mass and the weight / count of the tokens equal to v*.
-void top_p_cut(std::vector<std::pair<float, float>>& items, float target, float* vstar, float* above_out,
-               float* weq_out, int64_t* neq_out) {
+// Weighted quickselect over items (value, fixed-point mass): the value v* of the last token kept by top-p (the
+// smallest value with mass(strictly greater) < target), that mass and the count of the tokens equal to v*.
+void top_p_cut(std::vector<std::pair<float, uint64_t>>& items, double target, float* vstar, uint64_t* above_out,
+               int64_t* neq_out) {
   int64_t lo = 0, hi = static_cast<int64_t>(items.size());
-  float above = 0.0f;
+  uint64_t above = 0;
   while (true) {
     const int64_t mid = lo + (hi - lo) / 2;
-    float a = items[lo].first, b = items[mid].first, c = items[hi - 1].first;
+    const float a = items[lo].first, b = items[mid].first, c = items[hi - 1].first;
     const float pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));  // median of three
     // three-way partition of [lo, hi) into > pivot | == pivot | < pivot
     int64_t gt = lo, i = lo, lt = hi;
@@ -81,18 +128,17 @@ void top_p_cut(std::vector<std::pair<float, float>>& items, float target, float*
       else
         ++i;
     }
-    float mass_gt = 0.0f, mass_eq = 0.0f;
+    uint64_t mass_gt = 0, mass_eq = 0;
     for (int64_t j = lo; j < gt; ++j) mass_gt += items[j].second;
     for (int64_t j = gt; j < lt; ++j) mass_eq += items[j].second;
-    const float G = above + mass_gt;
-    if (G >= target && gt > lo) {
+    const uint64_t G = above + mass_gt;
+    if (!(static_cast<double>(G) < target) && gt > lo) {
       hi = gt;
       continue;
     }
-    if (G + mass_eq >= target || lt == hi) {
+    if (!(static_cast<double>(G + mass_eq) < target) || lt == hi) {
       *vstar = pivot;
       *above_out = G;
-      *weq_out = items[gt].second;
       *neq_out = lt - gt;
       return;
     }
@@ -103,7 +149,7 @@ void top_p_cut(std::vector<std::pair<float, float>>& items, float target, float*
 
 // Fill f for the processed logits l[V] (temperature > 0, NaN already -inf).
 void build_filter(const float* l, int64_t V, int64_t top_k, double top_p, RowFilter& f, std::vector<float>& scratch,
-                  std::vector<std::pair<float, float>>& items) {
+                  std::vector<std::pair<float, uint64_t>>& items) {
   f = RowFilter{};
   float m = -kInf;
   for (int64_t j = 0; j < V; ++j) m = std::max(m, l[j]);
@@ -116,26 +162,21 @@ void build_filter(const float* l, int64_t V, int64_t top_k, double top_p, RowFil
   }
   if (top_p < 1.0 && m > -kInf) {
     items.clear();
-    float Z = 0.0f;
+    uint64_t Z = 0;
     for (int64_t j = 0; j < V; ++j) {
       if (!f.kept_k(l[j])) continue;
-      const float w = expf(l[j] - m);
+      const uint64_t w = mass_fixed(l[j], m);
       items.emplace_back(l[j], w);
       Z += w;
     }
-    const float target = static_cast<float>(top_p) * Z;
-    float vstar, G, weq;
+    const double target = top_p * static_cast<double>(Z);
+    float vstar;
+    uint64_t G;
     int64_t neq;
-    top_p_cut(items, target, &vstar, &G, &weq, &neq);
-    int64_t c = 0;
-    float acc = G;
-    while (c < neq && acc < target) {
-      ++c;
-      acc += weq;
-    }
+    top_p_cut(items, target, &vstar, &G, &neq);
     f.use_p = true;
     f.pval = vstar;
-    f.pties = std::max<int64_t>(c, 1);  // G < target: the first token equal to v* is always kept
+    f.pties = top_p_ties_kept(G, mass_fixed(vstar, m), neq, target);
   }
 }
 
@@ -188,7 +229,7 @@ at::Tensor sample_logits_cpu(const at::Tensor& logits_, const c10::optional<at::
     const scalar_t* up = has_u ? uncond.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> l(V), scratch;
-      std::vector<std::pair<float, float>> items;
+      std::vector<std::pair<float, uint64_t>> items;
       RowFilter f;
       for (int64_t b = b0; b < b1; ++b) {
         process_row(cp + b * V, up ? up + b * V : nullptr, V, s, T, l.data());
@@ -242,32 +283,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_step_cpu(const at::Tensor
         }
         const scalar_t* c = cp + p * V;
         const scalar_t* u = up ? up + p * V : nullptr;
-        auto lv = [&](int64_t j) {
-          float v = static_cast<float>(c[j]);
-          if (u) v = form == 0 ? cfg_from_cond(v, static_cast<float>(u[j]), g) : cfg_from_uncond(v, static_cast<float>(u[j]), g);
-          return sanitize(v / T);
-        };
-        int64_t best = 0;
-        float best_l = lv(0);
-        if (t == 0.0f) {
-          for (int64_t j = 1; j < V; ++j) {
-            const float v = lv(j);
-            if (v > best_l) {
-              best_l = v;
-              best = j;
-            }
+        float lb[kChunk], gb[kChunk], vb[kChunk];
+        int64_t best = -1;
+        float best_v = -kInf, best_l = -kInf;
+        for (int64_t j0 = 0; j0 < V; j0 += kChunk) {
+          const int64_t n = std::min(kChunk, V - j0);
+          load_chunk<scalar_t>(c + j0, u ? u + j0 : nullptr, form, g, T, n, lb);
+          const float* vals = lb;
+          float cm;
+          if (t == 0.0f) {
+            cm = -kInf;
+            for (int64_t i = 0; i < n; ++i) cm = lb[i] > cm ? lb[i] : cm;
+          } else {
+            gumbel_chunk(static_cast<uint64_t>(seed), kStreamSample, static_cast<uint64_t>(p),
+                         static_cast<uint64_t>(j0 / 4), (n + 3) & ~int64_t(3), gb);
+            cm = add_scaled_max(lb, gb, t, n, vb);
+            vals = vb;
           }
-        } else {
-          GumbelStream gs{static_cast<uint64_t>(seed), kStreamSample, static_cast<uint64_t>(p)};
-          float best_v = add_scaled(best_l, t, gs(0));
-          for (int64_t j = 1; j < V; ++j) {
-            const float lj = lv(j);
-            const float v = add_scaled(lj, t, gs(j));
-            if (v > best_v) {
-              best_v = v;
-              best = j;
-              best_l = lj;
-            }
+          if (cm > best_v || best < 0) {
+            for (int64_t i = 0; i < n; ++i)
+              if (vals[i] == cm) {
+                if (cm > best_v || best < 0) {
+                  best = j0 + i;
+                  best_v = cm;
+                  best_l = lb[i];
+                }
+                break;
+              }
           }
         }
         sp[p] = best;
@@ -308,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_step_cpu(const at::Tensor
 template <typename scalar_t>
 void gsd_distribution(const scalar_t* row, int64_t V, float T, int64_t top_k, double top_p, float* p, float* r,
                       std::vector<float>& l, RowFilter& f, std::vector<float>& scratch,
-                      std::vector<std::pair<float, float>>& items) {
+                      std::vector<std::pair<float, uint64_t>>& items) {
   process_row<scalar_t>(row, nullptr, V, 1.0f, T, l.data());
   if (T == 0.0f) {
     const int64_t a = argmax_row(l.data(), V);
@@ -320,15 +362,14 @@ void gsd_distribution(const scalar_t* row, int64_t V, float T, int64_t top_k, do
   }
   build_filter(l.data(), V, top_k, top_p, f, scratch, items);
   f.seen = 0;
-  float Z = 0.0f;
+  uint64_t Zq = 0;
   for (int64_t j = 0; j < V; ++j) {
     const bool k = f.keep(l[j]) && l[j] > -kInf;
     r[j] = k ? l[j] : -kInf;
-    p[j] = k ? expf(l[j] - f.m) : 0.0f;
-    Z += p[j];
+    if (k) Zq += mass_fixed(l[j], f.m);
   }
-  const float inv = Z > 0.0f ? 1.0f / Z : 0.0f;
-  for (int64_t j = 0; j < V; ++j) p[j] *= inv;
+  const float Z = fixed_to_float(Zq);
+  for (int64_t j = 0; j < V; ++j) p[j] = r[j] > -kInf ? expf(l[j] - f.m) / Z : 0.0f;
 }
 
 // y ranks before z: larger ranking value first, then lower index.
@@ -339,7 +380,7 @@ float emb_d2(const emb_t* E, int64_t D, int64_t x, int64_t y) {
   float acc = 0.0f;
   for (int64_t d = 0; d < D; ++d) {
     const float diff = static_cast<float>(E[y * D + d]) - static_cast<float>(E[x * D + d]);
-    acc += diff * diff;
+    acc = fadd_rn(acc, fmul_rn(diff, diff));
   }
   return acc;
 }
@@ -386,7 +427,7 @@ std::tuple<at::Tensor, at::Tensor> gsd_verify_cpu(const at::Tensor& draft_tokens
       const scalar_t* ep = emb.data_ptr<scalar_t>();
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
         std::vector<float> l(V), p(V), q(V), r(V), rq(V), scratch;
-        std::vector<std::pair<float, float>> items;
+        std::vector<std::pair<float, uint64_t>> items;
         std::vector<int64_t> above, below;
         RowFilter f;
         for (int64_t b = b0; b < b1; ++b) {

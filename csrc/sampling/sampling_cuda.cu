@@ -6,4 +6,5 @@
 TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) {
   m.impl("sampling_sample_logits", &imtok::cuda_impl::sample_logits_device);
   m.impl("sampling_maskgit_step", &imtok::cuda_impl::maskgit_step_device);
+  m.impl("sampling_gsd_verify", &imtok::cuda_impl::gsd_verify_device);
 }

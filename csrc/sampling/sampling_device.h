@@ -38,7 +38,7 @@ inline at::Tensor sample_logits_device(const at::Tensor& logits_, const c10::opt
     auto kern = sampling_k::sample_logits_kernel<scalar_t>;
     IMTOK_LAUNCH(kern, static_cast<unsigned>(B), sampling_k::kThreads, 0, stream, logits.data_ptr<scalar_t>(),
                  has_u ? uncond.data_ptr<scalar_t>() : static_cast<scalar_t*>(nullptr), out.data_ptr<int64_t>(), V,
-                 static_cast<float>(cfg_scale), static_cast<float>(temperature), top_k, static_cast<float>(top_p),
+                 static_cast<float>(cfg_scale), static_cast<float>(temperature), top_k, top_p,
                  static_cast<uint64_t>(seed));
   });
   return out;
@@ -79,6 +79,45 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> maskgit_step_device(
                conf.data_ptr<float>(), sampled.data_ptr<int64_t>(), mask_len.data_ptr<int64_t>(),
                next.data_ptr<int64_t>(), remask.data_ptr<bool>(), N, mask_token_id);
   return {sampled, next, remask};
+}
+
+inline std::tuple<at::Tensor, at::Tensor> gsd_verify_device(const at::Tensor& draft_tokens_, const at::Tensor& target_,
+                                                            const at::Tensor& draft_, const at::Tensor& embedding_,
+                                                            int64_t window, double prob_threshold,
+                                                            double dist_threshold, double temperature, int64_t top_k,
+                                                            double top_p, int64_t seed) {
+  sampling::check_gsd_inputs(draft_tokens_, target_, draft_, embedding_, window, prob_threshold, dist_threshold,
+                             temperature, top_k, top_p);
+  check_device_type(target_, kSamplingDevice, "target_logits");
+  IMTOK_DEVICE_GUARD(target_);
+  const at::Tensor xt = draft_tokens_.contiguous(), target = target_.contiguous(),
+                   draft = draft_.to(target_.scalar_type()).contiguous(), emb = embedding_.contiguous();
+  const int64_t B = xt.size(0), L = xt.size(1), Lt = target.size(1), V = target.size(2), D = emb.size(1);
+  if (xt.device().is_cpu()) sampling::check_token_values_cpu(xt, V, "draft_tokens");
+  at::Tensor num_acc = at::empty({B}, xt.options());
+  at::Tensor next = at::empty({B}, xt.options());
+  if (B == 0) return {num_acc, next};
+  at::Tensor accept = at::empty({B, L}, xt.options().dtype(at::kBool));
+  auto stream = IMTOK_CURRENT_STREAM();
+  const float T = static_cast<float>(temperature);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "sampling_gsd_verify", [&] {
+    using logit_t = scalar_t;
+    if (L > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, emb.scalar_type(), "sampling_gsd_verify_emb", [&] {
+        auto ka = sampling_k::gsd_accept_kernel<logit_t, scalar_t>;
+        IMTOK_LAUNCH(ka, dim3(B, L), sampling_k::kThreads, 0, stream, xt.data_ptr<int64_t>(),
+                     target.data_ptr<logit_t>(), draft.data_ptr<logit_t>(), emb.data_ptr<scalar_t>(),
+                     accept.data_ptr<bool>(), L, Lt, V, D, static_cast<int>(window),
+                     static_cast<float>(prob_threshold), static_cast<float>(dist_threshold), T, top_k, top_p,
+                     static_cast<uint64_t>(seed));
+      });
+    }
+    auto kf = sampling_k::gsd_finish_kernel<logit_t>;
+    IMTOK_LAUNCH(kf, static_cast<unsigned>(B), sampling_k::kThreads, 0, stream, accept.data_ptr<bool>(),
+                 target.data_ptr<logit_t>(), draft.data_ptr<logit_t>(), num_acc.data_ptr<int64_t>(),
+                 next.data_ptr<int64_t>(), L, Lt, V, T, top_k, top_p, static_cast<uint64_t>(seed));
+  });
+  return {num_acc, next};
 }
 
 }  // namespace IMTOK_DEVICE_NS

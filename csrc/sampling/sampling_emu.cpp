@@ -6,4 +6,5 @@
 TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) {
   m.impl("sampling_sample_logits", &imtok::emu_impl::sample_logits_device);
   m.impl("sampling_maskgit_step", &imtok::emu_impl::maskgit_step_device);
+  m.impl("sampling_gsd_verify", &imtok::emu_impl::gsd_verify_device);
 }

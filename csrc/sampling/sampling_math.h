@@ -52,16 +52,74 @@ IMTOK_HD U32x4 philox_group(uint64_t seed, uint32_t stream, uint64_t row, uint64
 IMTOK_HD uint32_t u32x4_get(const U32x4& v, int i) { return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w)); }
 
 // u in [0, 1): the top 24 bits (exact in float32).
-IMTOK_HD float uniform_from_bits(uint32_t b) { return static_cast<float>(b >> 8) * 5.9604644775390625e-08f; }
+IMTOK_HD float uniform_from_bits(uint32_t b) {
+  return static_cast<float>(static_cast<int32_t>(b >> 8)) * 5.9604644775390625e-08f;
+}
 
 IMTOK_HD float philox_uniform(uint64_t seed, uint32_t stream, uint64_t row, uint64_t idx) {
   return uniform_from_bits(u32x4_get(philox_group(seed, stream, row, idx >> 2), static_cast<int>(idx & 3)));
 }
 
-// TiTok: -log(-log(u)) with log(t) = log(clamp(t, min=1e-20)).
+IMTOK_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+IMTOK_HD float float_from_bits(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+#endif
+}
+
+// Natural log of a positive normal float, branch-free (Cephes logf's polynomial): the same operations on every
+// path, so the CPU kernels (scalar or auto-vectorized, no FMA on x86-64 builds) and the emulated device kernels
+// give the same bits; max error about 1 ulp. Only for the Gumbel draws, whose inputs are in [1e-20, 46.1].
+IMTOK_HD float log_pos(float x) {
+  const uint32_t b = float_bits(x);
+  const int32_t small = (b & 0x007fffffu) < 0x3504f3u ? 1 : 0;  // mantissa below sqrt(1/2) * 2 (as m in [1, 2))
+  const int32_t e = static_cast<int32_t>(b >> 23) - 126 - small;  // x = m 2^e
+  const float m = float_from_bits((b & 0x007fffffu) | 0x3f000000u);  // in [0.5, 1)
+  const float f = (m + m * static_cast<float>(small)) - 1.0f;  // m in [sqrt(1/2), sqrt(2)) minus 1
+  const float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  const float fe = static_cast<float>(e);
+  y = y + -2.12194440e-4f * fe;
+  y = y + -0.5f * z;
+  float r = f + y;
+  r = r + 0.693359375f * fe;
+  return r;
+}
+
+// TiTok: -log(-log(u)) with log(t) = log(clamp(t, min=1e-20)), u in [0, 1).
 IMTOK_HD float gumbel_from_uniform(float u) {
-  const float a = -logf(u < 1e-20f ? 1e-20f : u);
-  return -logf(a < 1e-20f ? 1e-20f : a);
+  const float a = -log_pos(u < 1e-20f ? 1e-20f : u);
+  return -log_pos(a < 1e-20f ? 1e-20f : a);
+}
+// The same number from the raw Philox output, written without branches (vectorizes): u = 0 is the only u below
+// 1e-20, and -log(u) >= -log(1 - 2^-24) > 1e-20, so the second clamp never acts.
+IMTOK_HD float gumbel_from_bits(uint32_t b) {
+  const uint32_t k = b >> 8;
+  const float u = static_cast<float>(static_cast<int32_t>(k)) * 5.9604644775390625e-08f +
+                  static_cast<float>(k == 0u ? 1 : 0) * 1e-20f;
+  return -log_pos(-log_pos(u));
 }
 
 // Round-to-nearest float ops that nvcc may not contract into FMAs, so the combines equal torch's separate ops.
@@ -95,22 +153,36 @@ IMTOK_HD float cfg_from_cond(float c, float u, float s) { return fadd_rn(c, fmul
 // l + t * g as torch computes it (t * g rounded first).
 IMTOK_HD float add_scaled(float l, float t, float g) { return fadd_rn(l, fmul_rn(t, g)); }
 
-IMTOK_HD uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-
 // Order-preserving key: a < b (floats, no NaN) <=> key(a) < key(b); -0.0 and +0.0 get different keys, so they
 // are made equal first.
 IMTOK_HD uint32_t float_key(float f) {
   if (f == 0.0f) f = 0.0f;
   const uint32_t u = float_bits(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The softmax mass of a logit l in a row with max m as a 32.32 fixed-point integer: exp(l - m) in [0, 1] times
+// 2^32. Top-p sums these, so every implementation (and every summation order) gets the same sums.
+IMTOK_HD uint64_t mass_fixed(float l, float m) {
+  float e = expf(l - m);
+  if (!(e >= 0.0f)) e = 0.0f;  // NaN (an infinite logit): no mass, and no undefined float -> integer cast
+  if (e > 1.0f) e = 1.0f;
+  return static_cast<uint64_t>(static_cast<double>(e) * 4294967296.0);
+}
+
+// The normaliser of a row from its fixed-point mass (the same float in every implementation).
+IMTOK_HD float fixed_to_float(uint64_t z) { return static_cast<float>(static_cast<double>(z) * 2.3283064365386963e-10); }
+
+// How many of the neq tokens tied at the top-p cut-off value (each of mass w, after mass G strictly above) are
+// kept: #{n < neq : G + n w < target}, at least one.
+IMTOK_HD int64_t top_p_ties_kept(uint64_t G, uint64_t w, int64_t neq, double target) {
+  int64_t c = 0;
+  uint64_t acc = G;
+  while (c < neq && static_cast<double>(acc) < target) {
+    ++c;
+    acc += w;
+  }
+  return c < 1 ? 1 : c;
 }
 
 }  // namespace sampling

@@ -11,7 +11,8 @@ Conventions (read from the anchors' code):
   l / temperature; top_k keeps l >= the k-th largest value (ties at the k-th value are kept); top_p: over the kept
   tokens sorted by descending probability (equal values in ascending index order), a token is kept when the
   probability mass strictly before it is < top_p, so the first token past p is kept and at least one token always
-  is; then a multinomial draw from the softmax of the kept logits. temperature == 0 is greedy argmax (lowest index
+  is (LlamaGen's shifted ``cumsum > top_p`` keeps a token whose preceding mass equals top_p exactly; this rule
+  drops it: the two differ only at exact equality); then a multinomial draw from the softmax of the kept logits. temperature == 0 is greedy argmax (lowest index
   on ties). Everything is computed in float32 whatever the logits' dtype.
 - MaskGIT (TiTok ``modeling/maskgit.py`` ``ImageBert.generate``, bytedance/1d-tokenizer): CFG "muse" is
   cond + (cond - uncond) * g, "mdt" is uncond + (cond - uncond) * g; then logits / softmax_temperature;
