@@ -380,7 +380,7 @@ def test_gsd_window0_is_sjd():
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
 
 
-def _chi2_critical(df, z=3.09):  # Wilson-Hilferty quantile, z = 3.09: alpha = 0.001
+def _chi2_critical(df, z=3.09):  # Wilson-Hilferty quantile; z = 3.09: alpha = 0.001, z = 3.72: alpha = 1e-4
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
@@ -393,27 +393,48 @@ def _two_sample_chi2(a, b, bins):
     return float(stat), int(keep.sum()) - 1
 
 
-def test_sjd_and_gsd_output_distribution_match_plain_ar():
-    """SJD is exact; GSD's cluster test is an approximation (it accepts a draft for its cluster's mass), so its
-    joint distribution may drift; on this model (tokens 0/1 and 2/3 close in code space) the two-sample test
-    over 3000 images per side does not see it (total variation 0.11 vs 0.08 for SJD when this was written)."""
-    V = 6
-    m = tiny_gpt(vocab_size=V, block_size=4, num_classes=2)
-    with torch.no_grad():  # spread-out, context-dependent distributions (~160 populated cells of 216)
+_V = 6
+_CODES = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0], [0.0, -1.0]])  # 0~1, 2~3
+
+
+@pytest.fixture(scope="module")
+def spread_model_and_plain_samples():
+    """A 4-token model with spread-out, context-dependent distributions (~165 of 216 joint cells populated)
+    and 3000 plain AR samples with CFG."""
+    torch.manual_seed(0)
+    m = tiny_gpt(vocab_size=_V, block_size=4, num_classes=2)
+    with torch.no_grad():
         m.output.weight.mul_(0.6)
     cond = torch.zeros(3000, dtype=torch.long)
-    plain = m.generate(cond, cfg_scale=1.5, generator=torch.Generator().manual_seed(0))
-    joint = lambda x: x[:, 0] * V * V + x[:, 1] * V + x[:, 2]  # noqa: E731  first three tokens
-    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0], [0.0, -1.0]])
-    for window in (0, 7):
-        spec, passes = m.generate(cond, cfg_scale=1.5, speculative="gsd", gsd_window=window, draft_len=3,
-                                  code_embedding=emb, generator=torch.Generator().manual_seed(1))
-        assert passes <= 4  # lock-step over 3000 rows: some row rejects early almost every pass
-        stat, df = _two_sample_chi2(joint(plain), joint(spec), V ** 3)
-        assert df > 100 and stat < _chi2_critical(df), (window, stat, df)
-        for t in range(4):
-            stat, df = _two_sample_chi2(plain[:, t], spec[:, t], V)
-            assert stat < _chi2_critical(df), (window, t, stat, df)
+    return m, cond, m.generate(cond, cfg_scale=1.5, generator=torch.Generator().manual_seed(0))
+
+
+def _joint(x, V=_V):  # the first three tokens as one category
+    return x[:, 0] * V * V + x[:, 1] * V + x[:, 2]
+
+
+def test_sjd_output_distribution_matches_plain_ar(spread_model_and_plain_samples):
+    m, cond, plain = spread_model_and_plain_samples
+    spec, passes = m.generate(cond, cfg_scale=1.5, speculative="sjd", draft_len=3, code_embedding=_CODES,
+                              generator=torch.Generator().manual_seed(1))
+    assert passes <= 4  # lock-step over 3000 rows: some row rejects early almost every pass
+    stat, df = _two_sample_chi2(_joint(plain), _joint(spec), _V ** 3)
+    assert df > 100 and stat < _chi2_critical(df), (stat, df)
+    for t in range(4):
+        stat, df = _two_sample_chi2(plain[:, t], spec[:, t], _V)
+        assert stat < _chi2_critical(df), (t, stat, df)
+
+
+def test_gsd_cluster_distribution_matches_plain_ar(spread_model_and_plain_samples):
+    """GSD accepts a draft for its cluster's mass, so within a cluster of close codes the token can drift: on
+    this model its token-level chi-square was 197-245 for df ~167 over four seeds (SJD: 154-178) when this was
+    written. What it keeps is the distribution over groups of close codes ({0, 1}, {2, 3}, 4, 5 here)."""
+    m, cond, plain = spread_model_and_plain_samples
+    spec, _ = m.generate(cond, cfg_scale=1.5, speculative="gsd", gsd_window=7, draft_len=3, code_embedding=_CODES,
+                         generator=torch.Generator().manual_seed(1))
+    group = torch.tensor([0, 0, 1, 1, 2, 3])
+    stat, df = _two_sample_chi2(_joint(group[plain], 4), _joint(group[spec], 4), 4 ** 3)
+    assert df > 40 and stat < _chi2_critical(df, z=3.72), (stat, df)
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
