@@ -9,9 +9,10 @@ Rows:
   GSD / SJD vs plain   a small GPT briefly trained on synthetic class-conditional token grids (random weights in
                        quick mode), one image at a time, cfg 2, temperature 1, draft 16; forward passes per image
                        (mean over the timed runs) and wall time. "fused" = speculative, "ref" = plain.
-  GSD's distance filter uses a random 8-dim l2-normalised codebook (LlamaGen's VQ codes are 8-dim and
-  l2-normalised); GSD's cluster test needs such code vectors: with the model's own token embeddings (the default
-  when no codebook is passed) almost no pair is close enough and GSD behaves as SJD.
+  The synthetic tokens come in groups of 4 close codes of an 8-dim l2-normalised codebook (LlamaGen's VQ codes
+  are 8-dim and l2-normalised): the context fixes the group, the code inside it is uniform. GSD's distance
+  filter gets that codebook; with the model's own token embeddings (the default when none is passed) almost no
+  pair is close enough and GSD behaves as SJD.
 Quick mode: a 2-layer width-256 GPT, 32 tokens, B = 4; the GSD model keeps random weights.
 """
 import contextlib
@@ -85,16 +86,25 @@ def _ar_rows(device, quick):
     return rows
 
 
-def _synthetic_tokens(num, classes, grid, vocab, g):
-    """Class-conditional token grids with local structure: each class has a base pattern of horizontal runs,
-    and every token is copied from its left neighbour (or the pattern) with some noise."""
-    base = torch.randint(0, vocab, (classes, grid, grid), generator=g)
-    base = base[:, :, :1].expand(-1, -1, grid).clone()  # rows of one token per class
+def _clustered_codebook(g, clusters=64, members=4, dim=8):
+    """[clusters * members, dim] l2-normalised codes in groups of `members` close codes (squared distance ~0.1
+    inside a group, ~2 between groups): the structure of a VQ codebook that GSD's cluster test relies on."""
+    centers = torch.randn(clusters, 1, dim, generator=g)
+    codes = centers + 0.1 * torch.randn(clusters, members, dim, generator=g)
+    return torch.nn.functional.normalize(codes.reshape(-1, dim), dim=-1)
+
+
+def _synthetic_tokens(num, classes, grid, g, clusters=64, members=4):
+    """Class-conditional 8 x 8 token grids: each class fixes a code group per row (a group differs with
+    probability 0.1), and the code inside the group is uniform: like VQ tokens, where near-identical codes are
+    interchangeable and only the group is determined by the context."""
+    base = torch.randint(0, clusters, (classes, grid, 1), generator=g).expand(-1, -1, grid)
     cls = torch.randint(0, classes, (num,), generator=g)
-    tok = base[cls].clone()
-    noise = torch.rand(num, grid, grid, generator=g) < 0.15
-    tok[noise] = torch.randint(0, vocab, (int(noise.sum()),), generator=g)
-    return tok.flatten(1), cls
+    group = base[cls].clone()
+    noise = torch.rand(num, grid, grid, generator=g) < 0.1
+    group[noise] = torch.randint(0, clusters, (int(noise.sum()),), generator=g)
+    member = torch.randint(0, members, (num, grid, grid), generator=g)
+    return (group * members + member).flatten(1), cls
 
 
 def _small_trained_gpt(device, quick):
@@ -110,12 +120,12 @@ def _small_trained_gpt(device, quick):
     model.train()
     steps = 300
     for _ in range(steps):
-        tok, cls = _synthetic_tokens(64, 10, 8, 256, g)
+        tok, cls = _synthetic_tokens(64, 10, 8, g)
         loss, _ = model.training_loss(tok.to(device), cls.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval(), f"trained {steps} steps on synthetic grids (loss {float(loss):.2f})"
+    return model.eval(), f"trained {steps} steps on synthetic grouped-code grids (loss {float(loss.detach()):.2f})"
 
 
 def _gsd_rows(device, quick):
@@ -123,7 +133,7 @@ def _gsd_rows(device, quick):
     B = 1  # per image, as the anchor reports it (a batch advances by its smallest accepted count)
     cond = torch.arange(B, device=device)
     kw = dict(cfg_scale=2.0, temperature=1.0, top_k=0)
-    codes = torch.nn.functional.normalize(torch.randn(256, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    codes = _clustered_codebook(torch.Generator().manual_seed(0))  # the synthetic data's own code groups
     rows = []
     for mode, window in (("sjd", 0), ("gsd", 7)):
         passes = []
