@@ -127,6 +127,17 @@ def test_sample_logits_non_contiguous():
         assert torch.equal(a, b)
 
 
+def test_non_finite_logits_never_crash_emulated_sampling_equals_cpu(emu):
+    l = torch.randn(3, 50)
+    l[0, 3] = math.inf
+    l[1, 5] = math.nan
+    l[2] = -math.inf
+    for args in ((1.0, 1.0, 5, 0.9), (1.0, 0.0, 0, 1.0), (1.0, 1.0, 0, 1.0)):
+        a = OPS.sampling_sample_logits(l, None, *args, 3)
+        assert torch.equal(a, emu.sampling_sample_logits(l, None, *args, 3))
+        assert bool(((a >= 0) & (a < 50)).all())
+
+
 # ---- sample_logits: distribution ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sample_logits_distribution_chi_square(dtype):
