@@ -24,6 +24,27 @@ def base_unet():
     return unet.eval()
 
 
+@pytest.fixture(scope="module")
+def sdxl_like_unet():
+    """The SD 2.x / SDXL block options: linear projections, two transformer layers per block, per-level heads."""
+    torch.manual_seed(1)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=12,
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=2, norm_num_groups=8)
+    return unet.eval()
+
+
+def test_equals_pypi_tomesd_on_sd2_sdxl_blocks(sdxl_like_unet):
+    inputs = _inputs()
+    kwargs = dict(ratio=0.6, max_downsample=2)
+    theirs = _steps(copy.deepcopy(sdxl_like_unet), lambda u: tomesd.apply_patch(u, **kwargs), inputs)
+    ours = _steps(copy.deepcopy(sdxl_like_unet), lambda u: apply_tomesd(u, **kwargs), inputs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def _inputs(b=2, h=12, w=10):
     g = torch.Generator().manual_seed(5)
     return torch.randn(b, 4, h, w, generator=g), torch.tensor(10), torch.randn(b, 3, 12, generator=g)

@@ -9,7 +9,7 @@ import torch
 
 import imtok
 from imtok.layers import Attention, self_attention
-from imtok.models import vit_small_patch16_224
+from imtok.models import VisionTransformer
 from imtok.reduction import apply_evit, apply_gtp, remove_evit, remove_gtp
 from imtok_cuda.reference import prune as R
 
@@ -150,7 +150,7 @@ def test_evit_deit_s_token_counts():
 
 def test_evit_on_imtok_vit_and_remove():
     torch.manual_seed(0)
-    model = vit_small_patch16_224(num_classes=10).eval()
+    model = VisionTransformer(img_size=224, patch_size=16, embed_dim=48, depth=12, num_heads=3).eval()
     base = copy.deepcopy(model)
     img = _img(1, 224, torch.float32)
     apply_evit(model, keep_rate=0.7, layers=(3, 6, 9))

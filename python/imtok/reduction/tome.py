@@ -48,19 +48,23 @@ def parse_r(num_layers: int, r: Union[int, Tuple[int, float], List[int]]) -> Lis
 def _merge_step(info, r, metric, x):
     """Merge r tokens of x (after attention) by the metric; updates info["size"] / ["source"]."""
     impl = ops(_fused, _reference)
-    p = info["num_registers_skipped"]
+    p = info["num_registers_skipped"]  # register tokens stay in front, outside the matching
     size, source = info["size"], info["source"]
+    if info["trace_source"] and source is None:
+        source = torch.eye(x.shape[1], device=x.device)[None].expand(x.shape[0], -1, -1)
+    if p == 0:  # the layouts upstream knows: no split, no copies
+        merge, _ = impl.bipartite_soft_matching(metric, r, info["class_token"], info["distill_token"])
+        if source is not None:
+            info["source"] = impl.merge_source(merge, x, source)
+        x, info["size"] = impl.merge_wavg(merge, x, size)
+        return x
     if size is None:
         size = torch.ones_like(x[..., :1])
-    if source is None and info["trace_source"]:
-        source = torch.eye(x.shape[1], device=x.device)[None].expand(x.shape[0], -1, -1)
-    # register tokens stay in front, outside the matching (p = 0 for the layouts upstream knows)
-    merge, _ = impl.bipartite_soft_matching(metric[:, p:], r, info["class_token"],
-                                            info["distill_token"])
-    x_m, size_m = impl.merge_wavg(merge, x[:, p:], size[:, p:])
-    info["size"] = torch.cat([size[:, :p], size_m], 1)
+    merge, _ = impl.bipartite_soft_matching(metric[:, p:], r, False, False)
     if source is not None:
         info["source"] = torch.cat([source[:, :p], impl.merge_source(merge, x[:, p:], source[:, p:])], 1)
+    x_m, size_m = impl.merge_wavg(merge, x[:, p:], size[:, p:])
+    info["size"] = torch.cat([size[:, :p], size_m], 1)
     return torch.cat([x[:, :p], x_m], 1)
 
 
