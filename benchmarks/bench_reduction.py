@@ -27,27 +27,32 @@ from _common import main, peak_extra_mb, sync  # noqa: E402
 
 def _interleaved(variants, device, reps, warmup=1):
     """variants: {name: (enter, call, exit)}; one timed call of each variant in turn, reps rounds.
-    Returns {name: [ms, ...]}."""
-    times = {name: [] for name in variants}
+    Returns {name: ([wall ms, ...], [process CPU ms, ...])}: on a shared CPU host the process CPU time (all threads
+    of this process) is the steadier figure, wall time the one a user sees."""
+    times = {name: ([], []) for name in variants}
     for rnd in range(warmup + reps):
         for name, (enter, call, leave) in variants.items():
             enter()
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             call()
             sync(device)
             if rnd >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name][0].append((time.perf_counter() - t0) * 1e3)
+                times[name][1].append((time.process_time() - c0) * 1e3)
             leave()
     return times
 
 
 def _row(family, op, shape, device, ours, base, notes=""):
-    med_o, med_b = statistics.median(ours), statistics.median(base)
-    spread = "spread {:.0f}-{:.0f} vs {:.0f}-{:.0f} ms".format(min(ours), max(ours), min(base), max(base))
+    (wall_o, cpu_o), (wall_b, cpu_b) = ours, base
+    med_o, med_b = statistics.median(wall_o), statistics.median(wall_b)
+    spread = "wall spread {:.0f}-{:.0f} vs {:.0f}-{:.0f} ms".format(min(wall_o), max(wall_o), min(wall_b), max(wall_b))
+    cpu = "process CPU time {:.0f} vs {:.0f} ms ({:.2f}x)".format(
+        statistics.median(cpu_o), statistics.median(cpu_b), statistics.median(cpu_b) / statistics.median(cpu_o))
     return {"family": family, "op": op, "shape": shape, "device": str(device), "fused_ms": med_o, "ref_ms": med_b,
             "speedup": med_b / med_o, "fused_peak_mb": None, "ref_peak_mb": None,
-            "notes": "; ".join(n for n in (notes, spread) if n)}
+            "notes": "; ".join(n for n in (notes, cpu, spread) if n)}
 
 
 class _Stopwatch:
@@ -226,8 +231,8 @@ def _tome_rows(device, quick, reps):
     shares = _shares(watch, total)
     shape = f"{label} B={B} r={r}"
     rows = [_row("reduction", "ToMe ViT: imtok vs unmerged timm (SDPA)", shape, device, times["imtok"],
-                 times["timm"], f"imtok step: {shares}; img/s {B / statistics.median(times['timm']) * 1e3:.0f} -> "
-                                f"{B / statistics.median(times['imtok']) * 1e3:.0f}")]
+                 times["timm"], f"imtok step: {shares}; img/s {B / statistics.median(times['timm'][0]) * 1e3:.1f} -> "
+                                f"{B / statistics.median(times['imtok'][0]) * 1e3:.1f}")]
     if official is not None:
         rows.append(_row("reduction", "ToMe ViT: imtok vs official ToMe patch", shape, device, times["imtok"],
                          times["official"], "official: explicit softmax attention, torch gather/scatter merges"))
@@ -288,7 +293,8 @@ def _fastervlm_rows(device, quick, reps):
 
 def run(device="cpu", quick=False):
     reps = 2 if quick else 3
-    return _tomesd_rows(device, quick, reps) + _tome_rows(device, quick, reps) + _fastervlm_rows(device, quick, reps)
+    return (_tomesd_rows(device, quick, 2) + _tome_rows(device, quick, reps)
+            + _fastervlm_rows(device, quick, reps))
 
 
 if __name__ == "__main__":

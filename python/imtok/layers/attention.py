@@ -10,6 +10,9 @@ One function, `attention(q, k, v, ...)`, picks the implementation:
     SDPA's causal mask is top-left aligned, ours bottom-right (FlashAttention >= 2.1): with Nq != Nk (decoding
     from a KV cache) a causal call goes to the fused op.
 
+`self_attention(module, x, ...)` is the one qkv -> attention -> proj forward: `Attention` runs on it, and so do
+the token-reduction patches on timm's and Hugging Face's attention modules (same names), asking it for exactly
+the side outputs they use (keys, queries, LSE, CLS row, column sums; head means or per head).
 `Attention` is the module: timm's parameter names (qkv, proj, num_heads, head_dim, scale), optional q/k norms,
 an optional rotary embedding applied to q and k, and a KV cache for decoding.
 """
