@@ -130,3 +130,23 @@ def test_rejects_bad_arguments(base_unet):
         apply_tomesd(copy.deepcopy(base_unet), ratio=1.0)
     with pytest.raises(ValueError, match="UNet"):
         apply_tomesd(torch.nn.Linear(2, 2))
+
+
+def test_equals_pypi_tomesd_on_ada_norm_zero_blocks():
+    """DiT's transformer (BasicTransformerBlock with ada_norm_zero), patched directly as tomesd allows."""
+    torch.manual_seed(0)
+    dit = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, sample_size=12,
+                                          patch_size=2, num_layers=2, num_embeds_ada_norm=10).eval()
+    x, t, y = torch.randn(2, 4, 12, 12), torch.tensor([3, 5]), torch.tensor([1, 2])
+
+    def run(patch):
+        model = copy.deepcopy(dit)
+        patch(model)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            return model(x, timestep=t, class_labels=y).sample
+
+    theirs = run(lambda m: tomesd.apply_patch(m, ratio=0.5, max_downsample=2))  # 2x2 patches: downsample 2
+    ours = run(lambda m: apply_tomesd(m, ratio=0.5, max_downsample=2))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, run(lambda m: None), atol=1e-4)

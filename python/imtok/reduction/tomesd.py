@@ -3,7 +3,8 @@
 apply_tomesd(pipe_or_unet, ratio=0.5, max_downsample=1, sx=2, sy=2, use_rand=True, merge_attn=True,
              merge_crossattn=False, merge_mlp=False)
 takes the arguments of tomesd.apply_patch and behaves as it does on a diffusers UNet2DConditionModel (SD 1.x,
-SD 2.x, SDXL: every BasicTransformerBlock) or any pipeline holding one as `.unet`:
+SD 2.x, SDXL: every BasicTransformerBlock), any pipeline holding one as `.unet`, or another diffusers model made
+of BasicTransformerBlocks (DiT's transformer, ada_norm_zero):
   * a forward pre-hook on the UNet records the latent size (h, w) of every call;
   * each transformer block computes one merge per call from its input x (before norm1): destinations are one
     token per sy x sx cell (random inside the cell, drawn from a generator forked from the global RNG on the
