@@ -94,31 +94,9 @@ def _shuffle_rows(device, quick):
     ]
 
 
-def _model_rows(device, quick):
-    """Whole-ViT throughput (random weights) with ToMe, fused kernels vs the same model unmerged."""
-    from imtok.models.vit import VisionTransformer, vit_base_patch16_224
-    from imtok.reduction import apply_tome
-
-    if quick:
-        make = lambda: VisionTransformer(img_size=128, patch_size=16, embed_dim=96, depth=4, num_heads=3)  # noqa: E731
-        B, size, label, r = 4, 128, "small ViT/16 @128 (65 tokens), 4 blocks, width 96", 8
-    else:
-        make = vit_base_patch16_224
-        B, size, label, r = (64 if str(device).startswith("cuda") else 8), 224, "ViT-B/16 @224", 13
-    torch.manual_seed(0)
-    base = make().to(device).eval()
-    tome_m = apply_tome(make().to(device).eval(), r=r)
-    img = torch.randn(B, 3, size, size, device=device)
-    row = compare("merge", f"ViT throughput: ToMe r={r} vs unmerged", f"{label} B={B}", device, lambda: tome_m(img),
-                  lambda: base(img), reps=3 if quick else 5, measure_memory=False)
-    row["notes"] = "img/s {:.0f} -> {:.0f}".format(B / row["ref_ms"] * 1e3, B / row["fused_ms"] * 1e3)
-    return [row]
-
-
 def run(device="cpu", quick=False):
     with torch.no_grad():
-        return (_tome_rows(device, quick) + _tomesd_rows(device, quick) + _shuffle_rows(device, quick)
-                + _model_rows(device, quick))
+        return _tome_rows(device, quick) + _tomesd_rows(device, quick) + _shuffle_rows(device, quick)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""prune: fused kernels vs the PyTorch references (the official code's ops), and whole-ViT throughput.
+"""prune: fused kernels vs the PyTorch references (the official code's ops). Whole models: bench_reduction.py.
 
 Rows:
   EViT keep-and-fuse      DeiT-S block 3: B=64, N=197, C=384, keep 0.7 (left = 138)
@@ -7,8 +7,7 @@ Rows:
   GTP graph (semantic)    top-8 cosine graph at N=197, C=384: fused top-K vs the dense similarity + kthvalue
   FasterVLM mask+gather   N=576 CLIP-L tokens, C=1024, keep 144 (75 % pruned), B=16
   FasterVLM scores        CLS-row attention from q, k (16 heads, 577 tokens) vs the full attention map
-  ViT throughput          full mode only: ViT-B/16 (random weights), EViT 0.7 @ (3, 6, 9) and GTP vs unpruned
-Quick mode uses smaller batches and a small ViT so that it finishes in well under a minute on a CPU.
+Quick mode uses smaller batches so that it finishes in well under a minute on a CPU.
 """
 import os
 import sys
@@ -66,43 +65,9 @@ def _op_rows(device, quick, reps):
     return rows
 
 
-def _model_rows(device, quick, reps):
-    from imtok.models.vit import VisionTransformer, vit_base_patch16_224
-    from imtok.reduction import apply_evit, apply_gtp
-
-    rows = []
-    if quick:
-        make = lambda: VisionTransformer(img_size=128, patch_size=16, embed_dim=96, depth=4, num_heads=3)  # noqa: E731
-        B, size, label, layers, num_prop = 4, 128, "small ViT/16 @128 (65 tokens), 4 blocks, width 96", (1, 2), 8
-    else:
-        make = vit_base_patch16_224
-        B, size, label, layers, num_prop = (64 if str(device).startswith("cuda") else 8), 224, "ViT-B/16 @224", (3, 6, 9), 8
-    torch.manual_seed(0)
-    base = make().to(device).eval()
-    img = torch.randn(B, 3, size, size, device=device)
-    evit_m = apply_evit(make().to(device).eval(), keep_rate=0.7, layers=layers)
-    gtp_m = apply_gtp(make().to(device).eval(), num_prop=num_prop, graph_type="spatial", alpha=0.1)
-    with torch.no_grad():
-        evit_m(img)
-        n_evit = evit_m.token_counts
-        gtp_m(img)
-        n_gtp = gtp_m.token_counts
-
-        def _row(name, model, counts):
-            r = compare("prune", name, f"{label} B={B}", device, lambda: model(img), lambda: base(img), reps=reps,
-                        measure_memory=False)
-            r["notes"] = "img/s {:.0f} -> {:.0f}; tokens {}".format(B / r["ref_ms"] * 1e3, B / r["fused_ms"] * 1e3,
-                                                                    "->".join(str(c) for c in sorted(set(counts), reverse=True)))
-            return r
-
-        rows.append(_row("ViT throughput: EViT keep 0.7 vs unpruned", evit_m, n_evit))
-        rows.append(_row(f"ViT throughput: GTP P={num_prop}/block vs unpruned", gtp_m, n_gtp))
-    return rows
-
-
 def run(device="cpu", quick=False):
     reps = 3 if quick else 10
-    return _op_rows(device, quick, reps) + _model_rows(device, quick, reps)
+    return _op_rows(device, quick, reps)
 
 
 if __name__ == "__main__":

@@ -584,51 +584,7 @@ def test_emulated_bad_input_and_out_of_range_indices(emu):
     assert torch.equal(out[0, 3], torch.zeros(4))
 
 
-# ---- model integration: DeiT-S EViT token counts ----------------------------------------------------------
-def test_deit_s_evit_token_counts():
-    from imtok.models import vit_small_patch16_224
-    from imtok.reduction.evit import apply_evit
-
-    torch.manual_seed(0)
-    model = vit_small_patch16_224(num_classes=10).eval()
-    img = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        base = model(img)
-        assert model.token_counts == [197] * 13
-        apply_evit(model, keep_rate=0.7, layers=(3, 6, 9))
-        out = model(img)
-    counts = model.token_counts  # tokens entering blocks 0..11, then after the last block
-    assert counts[:4] == [197] * 4 and counts[4:7] == [140] * 3 and counts[7:10] == [100] * 3
-    assert counts[10:] == [72] * 3
-    assert out.shape == base.shape and torch.isfinite(out).all()
-
-
-def test_evit_model_matches_reference_forward():
-    from imtok.models.vit import VisionTransformer
-    from imtok.reduction.evit import apply_evit
-
-    model = VisionTransformer(img_size=64, patch_size=16, embed_dim=48, depth=4, num_heads=3, num_classes=5).eval()
-    model = model.double()
-    img = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    apply_evit(model, keep_rate=0.5, layers=(1, 2))
-    with torch.no_grad():
-        out = model(img)
-        # the same model by hand with the reference
-        x = model.embed(img)
-        for i, blk in enumerate(model.blocks):
-            if i in (1, 2):
-                a, attn = blk.attn(blk.norm1(x), return_attn=True)
-                x = x + a
-                x, _ = R.evit_keep_fuse(x, R.evit_cls_attn(attn), R.evit_left_tokens(x.shape[1], 0.5))
-                x = x + blk.mlp(blk.norm2(x))
-            else:
-                x = x + blk.attn(blk.norm1(x))
-                x = x + blk.mlp(blk.norm2(x))
-        ref = model.head(model.norm(x)[:, 0])
-    torch.testing.assert_close(out, ref)
-    assert model.token_counts == [17, 17, 10, 7, 7]
-
-
+# ---- GTP rank from the fused attention's side outputs --------------------------------------------------
 def test_gtp_rank_from_side_outputs_equals_rank_of_the_map():
     from imtok_cuda.attention import attention_with_side_outputs
 
@@ -642,30 +598,6 @@ def test_gtp_rank_from_side_outputs_equals_rank_of_the_map():
     kept, prop = P.gtp_select_by_rank(rank, 4)
     rk, rp = R.gtp_select(attn, 4)
     assert torch.equal(kept, rk) and torch.equal(prop, rp)
-
-
-def test_gtp_model_matches_reference_forward():
-    from imtok.models.vit import VisionTransformer
-    from imtok.reduction.gtp import apply_gtp
-
-    model = VisionTransformer(img_size=64, patch_size=16, embed_dim=48, depth=4, num_heads=3, num_classes=5).eval()
-    model = model.double()
-    img = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    apply_gtp(model, num_prop=2, graph_type="mixed", num_neighbours=3, alpha=0.1, token_scale=True)
-    with torch.no_grad():
-        out = model(img)
-        x = model.embed(img)
-        G = R.gtp_build_graph(x, "mixed", 3)
-        ts = torch.ones(x.shape[0], x.shape[1], dtype=x.dtype)
-        for blk in model.blocks:
-            a, attn = blk.attn(blk.norm1(x), attn_bias=ts.log().reshape(x.shape[0], 1, 1, -1), return_attn=True)
-            x = x + a
-            kept, prop = R.gtp_select(attn, 2)
-            x, G, ts = R.gtp_propagate(x, G, kept, prop, 0.1, ts)
-            x = x + blk.mlp(blk.norm2(x))
-        ref = model.head(model.norm(x)[:, 0])
-    torch.testing.assert_close(out, ref)
-    assert model.token_counts == [17, 15, 13, 11, 9]
 
 
 # ---- real GPU ---------------------------------------------------------------------------------------------

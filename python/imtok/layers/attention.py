@@ -10,6 +10,9 @@ One function, `attention(q, k, v, ...)`, picks the implementation:
     SDPA's causal mask is top-left aligned, ours bottom-right (FlashAttention >= 2.1): with Nq != Nk (decoding
     from a KV cache) a causal call goes to the fused op.
 
+`self_attention(module, x, ...)` is the one qkv -> attention -> proj forward: `Attention` runs on it, and so do
+the token-reduction patches on timm's and Hugging Face's attention modules (same names), asking it for exactly
+the side outputs they use (keys, queries, LSE, CLS row, column sums; head means or per head).
 `Attention` is the module: timm's parameter names (qkv, proj, num_heads, head_dim, scale), optional q/k norms,
 an optional rotary embedding applied to q and k, and a KV cache for decoding.
 """
@@ -24,7 +27,7 @@ from imtok_cuda.reference import attention as _reference
 
 from .switch import reference_enabled
 
-__all__ = ["attention", "Attention", "KVCache"]
+__all__ = ["attention", "self_attention", "Attention", "AttentionSideOutputs", "KVCache"]
 
 
 def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None, cu_seqlens=None,
@@ -84,6 +87,73 @@ class AttentionSideOutputs(NamedTuple):
     keys: torch.Tensor
 
 
+SIDE_OUTPUTS = ("q", "k", "lse", "cls_attn", "cls_attn_heads", "col_sum", "col_sum_heads")
+
+
+def self_attention(module: nn.Module, x: torch.Tensor, *, key_bias=None, key_mask=None, causal=False,
+                   cu_seqlens=None, rope=None, kv_cache=None, need=()):
+    """The qkv -> attention -> proj forward of any attention module with timm's or Hugging Face's names.
+
+    This is the one place where a model's (or a patched third-party model's) self-attention runs:
+    imtok.layers.Attention, timm's Attention (token-reduction patches) and transformers' CLIPAttention all come
+    here, so every one of them follows the reference switch and gets the side outputs from the fused op.
+      projections: `qkv` (one Linear, timm) or `q_proj` / `k_proj` / `v_proj` (Hugging Face), then `proj` or
+                   `out_proj`; `num_heads`, `head_dim`, `scale`; optional `q_norm` / `k_norm` (per head),
+                   `norm` (timm's scale_norm, on the attention output), `gate` (timm's gated attention),
+                   `proj_drop`. Attention dropout is not supported (the fused op has none): a module in training
+                   mode with a nonzero `attn_drop` / `dropout` raises.
+    need: names from SIDE_OUTPUTS to return besides the output: "q", "k" ([B, H, N, d] after norms and rope;
+          "k" includes the cached keys), "lse" [B, H, N], "cls_attn" / "col_sum" (head means, [B, Nk]),
+          "cls_attn_heads" / "col_sum_heads" ([B, H, Nk]); side outputs are fp32 (fp64 for fp64 inputs).
+    Returns out [B, N, C_out], or (out, {name: tensor}) when `need` is not empty."""
+    unknown = set(need) - set(SIDE_OUTPUTS)
+    if unknown:
+        raise ValueError(f"unknown side outputs {sorted(unknown)}; choose from {SIDE_OUTPUTS}")
+    drop = getattr(module, "attn_drop", None)
+    p_drop = drop.p if isinstance(drop, nn.Dropout) else float(getattr(module, "dropout", 0.0) or 0.0)
+    if module.training and p_drop > 0:
+        raise NotImplementedError("attention dropout is not supported by imtok attention; set it to 0")
+    B, N, _ = x.shape
+    H, d = module.num_heads, module.head_dim
+    if hasattr(module, "qkv"):
+        q, k, v = module.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        q, k, v = (proj(x).reshape(B, N, H, d).transpose(1, 2)
+                   for proj in (module.q_proj, module.k_proj, module.v_proj))
+    q_norm, k_norm = getattr(module, "q_norm", None), getattr(module, "k_norm", None)
+    if q_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    if rope is not None:
+        q, k = rope(q, k)
+    if kv_cache is not None:
+        k, v = kv_cache.append(k, v)
+    need = set(need)
+    want_lse = "lse" in need
+    want_cls = bool(need & {"cls_attn", "cls_attn_heads"})
+    want_col = bool(need & {"col_sum", "col_sum_heads"})
+    res = attention(q, k, v, key_bias=key_bias, key_mask=key_mask, causal=causal, scale=module.scale,
+                    cu_seqlens=cu_seqlens, return_lse=want_lse, return_cls_attn=want_cls, return_col_sum=want_col)
+    side = want_lse or want_cls or want_col
+    out = (res.out if side else res).transpose(1, 2).reshape(B, N, H * d)
+    norm = getattr(module, "norm", None)
+    if norm is not None:
+        out = norm(out)
+    gate = getattr(module, "gate", None)
+    if gate is not None:
+        out = out * gate(x).sigmoid()
+    out = module.proj(out) if hasattr(module, "proj") else module.out_proj(out)
+    proj_drop = getattr(module, "proj_drop", None)
+    if proj_drop is not None:
+        out = proj_drop(out)
+    if not need:
+        return out
+    available = {"q": q, "k": k}
+    if side:
+        available.update(lse=res.lse, cls_attn=res.cls_attn_mean, cls_attn_heads=res.cls_attn,
+                         col_sum=res.col_sum_mean, col_sum_heads=res.col_sum)
+    return out, {name: available[name] for name in need}
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with timm's names (qkv, proj, num_heads, head_dim, scale).
 
@@ -93,7 +163,8 @@ class Attention(nn.Module):
     kv_cache: a KVCache; the new keys/values are appended and attention runs over everything cached
               (causal then aligns the new queries with the last keys).
     side_outputs=True returns AttentionSideOutputs(out, lse, cls_attn (head-mean), col_sum (head-mean), keys)
-    for token reduction (keys [B, H, N, d] give ToMe's metric)."""
+    for token reduction (keys [B, H, N, d] give ToMe's metric). For a chosen subset (per-head sums, queries,
+    nothing costly that is not used) call self_attention(layer, x, need=...)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
                  qk_norm: Optional[Callable[[int], nn.Module]] = None):
@@ -110,18 +181,10 @@ class Attention(nn.Module):
 
     def forward(self, x, key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
                 side_outputs=False):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rope(q, k)
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
-        res = attention(q, k, v, key_bias=key_bias, key_mask=key_mask, causal=causal, scale=self.scale,
-                        cu_seqlens=cu_seqlens, return_lse=side_outputs, return_cls_attn=side_outputs,
-                        return_col_sum=side_outputs)
-        out = res.out if side_outputs else res
-        out = self.proj(out.transpose(1, 2).reshape(B, N, C))
+        need = ("lse", "cls_attn", "col_sum", "k") if side_outputs else ()
+        res = self_attention(self, x, key_bias=key_bias, key_mask=key_mask, causal=causal, cu_seqlens=cu_seqlens,
+                             rope=rope, kv_cache=kv_cache, need=need)
         if not side_outputs:
-            return out
-        return AttentionSideOutputs(out, res.lse, res.cls_attn_mean, res.col_sum_mean, k)
+            return res
+        out, side = res
+        return AttentionSideOutputs(out, side["lse"], side["cls_attn"], side["col_sum"], side["k"])

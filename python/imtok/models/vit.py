@@ -1,8 +1,7 @@
 """A minimal ViT with timm's module and parameter names (a timm / DeiT state_dict loads into it).
 
-Attention is computed explicitly (softmax(q k^T * scale) v), so token-reduction methods can read the attention
-map (EViT's CLS row, GTP-ViT's diagonal and column sums) without a second pass. Blocks call
-``self.attn(self.norm1(x), return_attn=True)``; reduction methods (imtok.reduction) replace a block's forward.
+Attention is imtok.layers.Attention (SDPA, the fused op or the reference behind imtok.use_reference()); token
+reduction (imtok.reduction) patches these blocks exactly as it patches timm's.
 
     vit_small_patch16_224()  DeiT-S: width 384, 6 heads, 12 blocks, 197 tokens at 224x224
     vit_base_patch16_224()   ViT-B/16 / DeiT-B: width 768, 12 heads, 12 blocks
@@ -11,7 +10,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from imtok.layers.attention import Attention
 
 __all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer",
            "vit_small_patch16_224", "vit_base_patch16_224"]
@@ -30,36 +30,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with an explicit attention map (timm names: qkv, proj, num_heads, scale)."""
-
-    def __init__(self, dim, num_heads=8, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
-        super().__init__()
-        assert dim % num_heads == 0, "dim must be divisible by num_heads"
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x, attn_bias=None, return_attn=False):
-        """x [B, N, C]; attn_bias broadcastable to [B, H, N, N] is added to the logits (e.g. log token sizes).
-        Returns out [B, N, C], and the attention map [B, H, N, N] when return_attn."""
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        if attn_bias is not None:
-            attn = attn + attn_bias
-        attn = attn.softmax(dim=-1)
-        attn = self.attn_drop(attn)
-        out = (attn @ v).transpose(1, 2).reshape(B, N, C)
-        out = self.proj_drop(self.proj(out))
-        return (out, attn) if return_attn else out
 
 
 class Mlp(nn.Module):
@@ -89,20 +59,21 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)) (timm's names)."""
 
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0, drop_path=0.0,
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, drop_path=0.0,
                  norm_layer=partial(nn.LayerNorm, eps=1e-6)):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class VisionTransformer(nn.Module):
@@ -113,8 +84,8 @@ class VisionTransformer(nn.Module):
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
-                 num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0,
-                 drop_path_rate=0.0, norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+                 num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6)):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
@@ -126,7 +97,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [v.item() for v in torch.linspace(0, drop_path_rate, depth)]
         self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, dpr[i], norm_layer)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

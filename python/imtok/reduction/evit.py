@@ -1,66 +1,59 @@
-"""EViT (Liang et al., ICLR 2022; youweiliang/evit) on a plain ViT.
+"""EViT (Liang et al., ICLR 2022; youweiliang/evit) on a timm VisionTransformer.
 
-At each pruning block: x = x + attn(norm1(x)); keep the ceil(keep_rate * (N - 1)) tokens the CLS token attends
-to most (mean over heads), in descending order, fuse the others into one token weighted by their CLS attention;
-then the MLP. DeiT-S at keep_rate 0.7 on blocks (3, 6, 9): 197 -> 140 -> 100 -> 72 tokens.
-The keep-and-fuse step is one fused kernel (imtok_cuda.prune.evit_keep_fuse); at pruning blocks the attention is
-imtok_cuda's fused attention, which returns the CLS row without storing the attention map.
+At each pruning block: x = x + attn(norm1(x)); keep the ceil(keep_rate * (N - 1)) tokens the class token
+attends to most (mean over heads), in descending order, and fuse the others into one token weighted by their
+class-token attention; then the MLP. DeiT-S at keep_rate 0.7 on blocks (3, 6, 9): 197 -> 140 -> 100 -> 72
+tokens. The class-token row comes from the fused attention op (no [B, H, N, N] map), keep-and-fuse is one kernel
+(imtok_cuda.prune.evit_keep_fuse); inside imtok.use_reference() both run their references.
+Needs a class token and no other prefix token (distillation / register tokens are not defined by EViT).
 """
-from imtok.models.vit import Block
+from torch import nn
 
-__all__ = ["apply_evit", "EViTBlock"]
+from imtok.layers.attention import self_attention
+from imtok_cuda import prune as _fused
+from imtok_cuda.reference import prune as _reference
 
+from ._patch import check_no_mask, ops, patch_class, prefix_layout, residual_branch, unpatch, vit_blocks
 
-class EViTBlock(Block):
-    """A Block whose forward prunes after attention. Set by apply_evit (class swap: parameters and state_dict
-    keys stay those of the plain block)."""
+__all__ = ["apply_evit", "remove_evit"]
 
-    keep_rate = 1.0
-    fuse_token = True
-    use_reference = False
-
-    def forward(self, x):
-        from imtok_cuda import prune
-        from imtok_cuda.reference import prune as ref
-
-        left = prune.evit_left_tokens(x.shape[1], self.keep_rate)
-        prunes = self.keep_rate < 1 and left < x.shape[1] - 1
-        drop = self.attn.attn_drop
-        if prunes and not self.use_reference and not (drop.training and drop.p > 0):
-            # fused attention: the CLS row comes from the LSE, no [B, H, N, N] map is stored
-            a, cls_attn = self._attention_with_cls_row(self.norm1(x))
-        else:
-            a, attn = self.attn(self.norm1(x), return_attn=True)
-            cls_attn = prune.evit_cls_attn(attn) if prunes else None
-        x = x + self.drop_path(a)
-        if prunes:
-            fn = ref.evit_keep_fuse if self.use_reference else prune.evit_keep_fuse
-            x, _ = fn(x, cls_attn, left, self.fuse_token)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _attention_with_cls_row(self, h):
-        from imtok_cuda.attention import attention_with_side_outputs
-
-        attn = self.attn
-        B, N, C = h.shape
-        q, k, v = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        res = attention_with_side_outputs(q, k, v, scale=attn.scale, cls_attn=True, col_sum=False)
-        out = attn.proj_drop(attn.proj(res.out.transpose(1, 2).reshape(B, N, C)))
-        return out, res.cls_attn_mean[:, 1:].to(h.dtype)
+_TAG = "EViT"
 
 
-def apply_evit(vit, keep_rate=0.7, layers=(3, 6, 9), fuse_token=True, use_reference=False):
-    """Turn blocks `layers` of `vit` into EViT pruning blocks (in place; returns vit).
-    use_reference=True runs the PyTorch reference instead of the fused op (for comparisons)."""
+def _evit_block_forward(self, x, attn_mask=None, is_causal=False):
+    check_no_mask(attn_mask, is_causal)
+    impl = ops(_fused, _reference)
+    left = impl.evit_left_tokens(x.shape[1], self._evit_keep_rate)
+    prunes = left < x.shape[1] - 1
+    out, side = self_attention(self.attn, self.norm1(x), need=("cls_attn",) if prunes else ())
+    x = x + residual_branch(self, 1, out)
+    if prunes:
+        x, _ = impl.evit_keep_fuse(x, side["cls_attn"][:, 1:].to(x.dtype), left, self._evit_fuse_token)
+    return x + residual_branch(self, 2, self.mlp(self.norm2(x)))
+
+
+def apply_evit(model: nn.Module, keep_rate: float = 0.7, layers=(3, 6, 9), fuse_token: bool = True) -> nn.Module:
+    """Make blocks `layers` of a timm ViT EViT pruning blocks (in place; returns the model)."""
     if not 0 < keep_rate <= 1:
-        raise ValueError("keep_rate must be in (0, 1], got %r" % (keep_rate,))
-    depth = len(vit.blocks)
+        raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
+    blocks = vit_blocks(model)
+    class_token, _, num_prefix = prefix_layout(model)
+    if not class_token or num_prefix != 1:
+        raise ValueError(f"EViT needs exactly one prefix token, the class token (this model: class token "
+                         f"{class_token}, {num_prefix} prefix tokens)")
     for i in layers:
-        if not 0 <= i < depth:
-            raise ValueError("layer %d out of range for a ViT with %d blocks" % (i, depth))
-        blk = vit.blocks[i]
-        blk.__class__ = EViTBlock
-        blk.keep_rate = float(keep_rate)
-        blk.fuse_token = bool(fuse_token)
-        blk.use_reference = bool(use_reference)
-    return vit
+        if not 0 <= i < len(blocks):
+            raise ValueError(f"layer {i} out of range for a ViT with {len(blocks)} blocks")
+    remove_evit(model)
+    for i in layers:
+        patch_class(blocks[i], _TAG, {"forward": _evit_block_forward})
+        blocks[i]._evit_keep_rate = float(keep_rate)
+        blocks[i]._evit_fuse_token = bool(fuse_token)
+    return model
+
+
+def remove_evit(model: nn.Module) -> nn.Module:
+    """Undo apply_evit: the original classes, no added attributes."""
+    for block in getattr(model, "blocks", []):
+        unpatch(block, _TAG, ("_evit_keep_rate", "_evit_fuse_token"))
+    return model

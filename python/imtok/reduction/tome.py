@@ -1,25 +1,33 @@
-"""ToMe (token merging, facebookresearch/ToMe) applied to a plain ViT.
+"""ToMe (token merging, Bolya et al., ICLR 2023; facebookresearch/ToMe) on a timm VisionTransformer.
 
-apply_tome(model, r) patches, in place, a ViT whose blocks have timm's layout (norm1, attn with qkv / proj /
-num_heads / scale, norm2, mlp; e.g. imtok.models.vit.VisionTransformer or a timm VisionTransformer):
-  * attention returns its keys averaged over heads as the merge metric, and adds log(size) to the logits of
-    every key (proportional attention; none in the first block, where sizes are all one);
-  * after x + attn(norm1(x)) each block merges r tokens (bipartite soft matching, size-weighted average),
-    then runs the MLP; sizes (and optionally sources) are carried from block to block.
-`r` is an int, an (r, inflection) pair or a per-block list, as in ToMe's parse_r; each block clamps its r to half
-of its unprotected tokens (T = 197 with a CLS token and r = 200 gives 99 tokens).
-`fused=True` uses imtok_cuda's fused kernels; `fused=False` the pure-PyTorch reference (upstream semantics).
+apply_tome(model, r) patches, in place, any timm ViT built from pre-norm Blocks (timm's VisionTransformer, DeiT
+with a distillation token, models with register tokens or no class token; imtok.models.vit too):
+  * attention (imtok.layers.self_attention: SDPA in the first block, then the fused op with key_bias = log(size),
+    no attention map) adds log(size) per key (proportional attention) and hands back its keys; the merge metric
+    is the keys averaged over heads;
+  * after x + attn(norm1(x)) each block merges r tokens (bipartite soft matching, size-weighted average), then
+    runs the MLP; sizes (and optionally sources) are carried from block to block.
+As the official patch: `model.r` may be changed after apply_tome; r is an int, an (r, inflection) pair or a
+per-block list (parse_r); each block clamps r to half of its unprotected tokens (T = 197 with a class token and
+r = 200 gives 99). The class token and a distillation token are protected as upstream; register tokens (timm's
+reg_tokens) are kept out of the matching altogether (upstream does not know them). After a forward,
+model._tome_info["size"] ([B, T, 1]) and, with trace_source, ["source"] ([B, T, T0]) describe the merges.
+Inside imtok.use_reference() the merges run imtok_cuda.reference.merge and attention the explicit reference.
 """
 from typing import List, Tuple, Union
 
 import torch
 from torch import nn
 
+from imtok.layers.attention import self_attention
 from imtok_cuda import merge as _fused
-from imtok_cuda.attention import attention as _fused_attention
 from imtok_cuda.reference import merge as _reference
 
-__all__ = ["apply_tome", "remove_tome", "parse_r", "tome_attention"]
+from ._patch import (check_no_mask, ops, patch_class, prefix_layout, residual_branch, unpatch, vit_blocks)
+
+__all__ = ["apply_tome", "remove_tome", "parse_r"]
+
+_TAG = "ToMe"
 
 
 def parse_r(num_layers: int, r: Union[int, Tuple[int, float], List[int]]) -> List[int]:
@@ -37,94 +45,72 @@ def parse_r(num_layers: int, r: Union[int, Tuple[int, float], List[int]]) -> Lis
     return [int(min_val + step * i) for i in range(num_layers)]
 
 
-def tome_attention(attn: nn.Module, x: torch.Tensor, size=None, fused: bool = False):
-    """timm-style attention with proportional attention: returns (out, metric = keys averaged over heads).
-    fused=True runs imtok_cuda.attention with key_bias = log(size) (no attention map is stored); the explicit
-    softmax path stays for fused=False and whenever attention dropout is active."""
-    B, N, C = x.shape
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    drop = attn.attn_drop
-    if fused and not (drop.training and getattr(drop, "p", 0.0) > 0):
-        bias = size.log()[..., 0] if size is not None else None
-        out = _fused_attention(q, k, v, key_bias=bias, scale=attn.scale)
-    else:
-        logits = (q @ k.transpose(-2, -1)) * attn.scale
-        if size is not None:
-            logits = logits + size.log()[:, None, None, :, 0]
-        out = drop(logits.softmax(dim=-1)) @ v
-    out = out.transpose(1, 2).reshape(B, N, C)
-    out = attn.proj_drop(attn.proj(out))
-    return out, k.mean(1)
-
-
-def _branch(block, i):
-    """drop_path / layer-scale wrappers of a block's two residual branches (timm old and new names)."""
-    dp = getattr(block, "drop_path%d" % i, None) or getattr(block, "drop_path", None) or nn.Identity()
-    ls = getattr(block, "ls%d" % i, None) or nn.Identity()
-    return lambda t: dp(ls(t))
-
-
-def _tome_block_forward(self, x: torch.Tensor) -> torch.Tensor:
-    info = self._tome_info
-    impl = _fused if info["fused"] else _reference
-    attn_size = info["size"] if info["prop_attn"] else None
-    x_attn, metric = tome_attention(self.attn, self.norm1(x), attn_size, fused=info["fused"])
-    x = x + _branch(self, 1)(x_attn)
-    r = info["r"].pop(0) if info["r"] else 0
-    if r > 0:
+def _merge_step(info, r, metric, x):
+    """Merge r tokens of x (after attention) by the metric; updates info["size"] / ["source"]."""
+    impl = ops(_fused, _reference)
+    p = info["num_registers_skipped"]  # register tokens stay in front, outside the matching
+    size, source = info["size"], info["source"]
+    if info["trace_source"] and source is None:
+        source = torch.eye(x.shape[1], device=x.device)[None].expand(x.shape[0], -1, -1)
+    if p == 0:  # the layouts upstream knows: no split, no copies
         merge, _ = impl.bipartite_soft_matching(metric, r, info["class_token"], info["distill_token"])
-        if info["trace_source"]:
-            info["source"] = impl.merge_source(merge, x, info["source"])
-        x, info["size"] = impl.merge_wavg(merge, x, info["size"])
-    return x + _branch(self, 2)(self.mlp(self.norm2(x)))
+        if source is not None:
+            info["source"] = impl.merge_source(merge, x, source)
+        x, info["size"] = impl.merge_wavg(merge, x, size)
+        return x
+    if size is None:
+        size = torch.ones_like(x[..., :1])
+    merge, _ = impl.bipartite_soft_matching(metric[:, p:], r, False, False)
+    if source is not None:
+        info["source"] = torch.cat([source[:, :p], impl.merge_source(merge, x[:, p:], source[:, p:])], 1)
+    x_m, size_m = impl.merge_wavg(merge, x[:, p:], size[:, p:])
+    info["size"] = torch.cat([size[:, :p], size_m], 1)
+    return torch.cat([x[:, :p], x_m], 1)
 
 
-_PATCHED = {}
-
-
-def _patched_class(cls, name, attrs):
-    key = (cls, name)
-    if key not in _PATCHED:
-        _PATCHED[key] = type(name + cls.__name__, (cls,), dict(attrs, _tome_original_class=cls))
-    return _PATCHED[key]
+def _tome_block_forward(self, x: torch.Tensor, attn_mask=None, is_causal=False) -> torch.Tensor:
+    check_no_mask(attn_mask, is_causal)
+    info = self._tome_info
+    if self._tome_index == 0:  # a new forward pass (also through forward_features / forward_intermediates)
+        info["size"], info["source"] = None, None
+    size = info["size"] if info["prop_attn"] else None
+    bias = None if size is None else size[..., 0].log()
+    out, side = self_attention(self.attn, self.norm1(x), key_bias=bias, need=("k",))
+    x = x + residual_branch(self, 1, out)
+    r = info["r"][self._tome_index] if self._tome_index < len(info["r"]) else 0
+    if r > 0:
+        x = _merge_step(info, r, side["k"].mean(1), x)
+    return x + residual_branch(self, 2, self.mlp(self.norm2(x)))
 
 
 def _model_forward(self, *args, **kwargs):
     self._tome_info["r"] = parse_r(len(self.blocks), self.r)
-    self._tome_info["size"] = None
-    self._tome_info["source"] = None
-    return self._tome_original_class.forward(self, *args, **kwargs)
+    return self._imtok_original_class.forward(self, *args, **kwargs)
 
 
-def apply_tome(model: nn.Module, r=0, trace_source: bool = False, prop_attn: bool = True, fused: bool = True,
-               class_token: bool = None, distill_token: bool = None) -> nn.Module:
-    """Patch `model` (in place) for ToMe with `r` tokens merged per block; returns the model.
-    After a forward, model._tome_info["size"] ([B, T, 1]) and ["source"] (with trace_source) describe the merges."""
-    if not hasattr(model, "blocks"):
-        raise ValueError("model must have .blocks (a timm-style ViT)")
-    if class_token is None:
-        class_token = getattr(model, "cls_token", None) is not None
-    if distill_token is None:
-        distill_token = getattr(model, "dist_token", None) is not None
-    model.__class__ = _patched_class(getattr(model, "_tome_original_class", type(model)), "ToMe",
-                                     {"forward": _model_forward})
+def apply_tome(model: nn.Module, r=0, trace_source: bool = False, prop_attn: bool = True) -> nn.Module:
+    """Patch a timm ViT (in place) for ToMe with `r` tokens merged per block; returns the model.
+    Same behaviour as ToMe's tome.patch.timm(model, trace_source, prop_attn) followed by model.r = r."""
+    blocks = vit_blocks(model)
+    class_token, distill_token, num_prefix = prefix_layout(model)
+    registers = num_prefix - int(class_token) - int(distill_token)
+    if registers:  # protected by keeping them out: the class / distillation tokens go with them
+        class_token = distill_token = False
+    patch_class(model, _TAG, {"forward": _model_forward})
     model.r = r
-    model._tome_info = {"r": [], "size": None, "source": None, "trace_source": trace_source,
-                        "prop_attn": prop_attn, "class_token": bool(class_token),
-                        "distill_token": bool(distill_token), "fused": fused}
-    for block in model.blocks:
-        block.__class__ = _patched_class(getattr(block, "_tome_original_class", type(block)), "ToMe",
-                                         {"forward": _tome_block_forward})
+    model._tome_info = {"r": parse_r(len(blocks), r), "size": None, "source": None, "trace_source": trace_source,
+                        "prop_attn": prop_attn, "class_token": class_token, "distill_token": distill_token,
+                        "num_registers_skipped": num_prefix if registers else 0}
+    for i, block in enumerate(blocks):
+        patch_class(block, _TAG, {"forward": _tome_block_forward})
         block._tome_info = model._tome_info
+        block._tome_index = i
     return model
 
 
 def remove_tome(model: nn.Module) -> nn.Module:
-    """Undo apply_tome."""
-    for m in [model, *getattr(model, "blocks", [])]:
-        orig = getattr(type(m), "_tome_original_class", None)
-        if orig is not None:
-            m.__class__ = orig
-            m.__dict__.pop("_tome_info", None)
+    """Undo apply_tome: the original classes, no added attributes."""
+    for block in getattr(model, "blocks", []):
+        unpatch(block, _TAG, ("_tome_info", "_tome_index"))
+    unpatch(model, _TAG, ("_tome_info", "r"))
     return model
