@@ -540,3 +540,7 @@ k[0, 0, 140, 2] = float('nan')
 result, out, lse = attn_vs_ref(OPS, q, k, v, tol=2e-2)
 result = result and bool(torch.isnan(lse[0, 0]).all()) and bool(torch.isfinite(lse[0, 1]).all())
 """, OK, VAL)
+case("vq/binary_temperature_nan", "vq.binary_quantize(torch.randn(4, 3), training=True, temperature=float('nan'))",
+     E("ValueError", "temperature must be finite"))
+case("vq/binary_temperature_str", "vq.binary_quantize(torch.randn(4, 3), temperature='1')",
+     E("TypeError", "temperature must be a real number"))
