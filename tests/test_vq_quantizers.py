@@ -944,3 +944,24 @@ def test_residual_vq_function_levels_use_detached_residual_values():
     l0 = 1.25 * ((cbs[0][r0] - z) ** 2).mean()
     l1 = 1.25 * ((cbs[1][r1] - (z - cbs[0][r0])) ** 2).mean()
     torch.testing.assert_close(losses, torch.stack([l0, l1]), rtol=1e-12, atol=0)
+
+
+def test_quantize_defaults_info_and_batched_normalize_values():
+    """Default beta (0.25, llamagen), the info losses, normalize over the last dim of a batched z, a 1-D z."""
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64)
+    cb = torch.randn(30, 6, generator=gen, dtype=torch.float64) * torch.logspace(-1, 1, 30, dtype=torch.float64)[:, None]
+    zq, idx, loss, info = vq.quantize(z, cb, normalize=True)
+    zn = z / z.norm(dim=-1, keepdim=True)
+    cn = cb / cb.norm(dim=-1, keepdim=True)
+    assert torch.equal(idx, _nearest64(zn, cn))
+    m = ((cn[idx] - zn) ** 2).mean()
+    torch.testing.assert_close(loss, m + 0.25 * m, rtol=1e-12, atol=0)  # llamagen: codebook + 0.25 commitment
+    torch.testing.assert_close(info["commitment_loss"], m, rtol=1e-12, atol=0)
+    torch.testing.assert_close(info["codebook_loss"], m, rtol=1e-12, atol=0)
+    torch.testing.assert_close(vq.quantize_loss(zn, cn[idx])[0], 1.25 * m, rtol=1e-12, atol=0)  # its default beta
+    zq1, idx1, _, _ = vq.quantize(z[0, 0], cb)  # a single vector [D]
+    assert idx1.shape == () and int(idx1) == int(_nearest64(z[0, 0][None], cb)[0])
+    torch.testing.assert_close(zq1, cb[idx1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="metric"):
+        vq.nearest_indices(z, cb, "dot")
