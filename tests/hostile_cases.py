@@ -544,3 +544,43 @@ case("vq/binary_temperature_nan", "vq.binary_quantize(torch.randn(4, 3), trainin
      E("ValueError", "temperature must be finite"))
 case("vq/binary_temperature_str", "vq.binary_quantize(torch.randn(4, 3), temperature='1')",
      E("TypeError", "temperature must be a real number"))
+
+# ---- more public functions and modules ------------------------------------------------------------------------
+case("vq/fsq_wrapper_level_one", "vq.fsq(torch.randn(4, 2), [1, 5])", E("ValueError", "levels[0] must be in [2, 65536]"))
+case("vq/fsq_wrapper_float_level", "vq.fsq(torch.randn(4, 2), [5.0, 5])", E("TypeError", "levels[0] must be an int"))
+case("vq/fsq_wrapper_d_mismatch", "vq.fsq(torch.randn(4, 3), [5, 5])", E("ValueError", "z.shape[-1] must equal len(levels) = 2"))
+case("vq/code_counts_float_K", "vq.code_counts(torch.tensor([0, 1]), 2.0)", E("TypeError", "K must be an int"))
+case("vq/ema_stats_rows_wrapper", "vq.ema_stats(torch.randn(4, 3), torch.tensor([0, 1]), 3)", E("ValueError", "indices must have shape [N] = [4]"))
+case("vq/residual_vq_no_levels", "vq.residual_vq(torch.randn(3, 2), [])", E("ValueError", "codebooks must hold at least one level"))
+case("vq/fsq_module_wrong_dim", "nnq.FSQ([5, 5])(torch.randn(3, 4))", E("ValueError", "z.shape[-1] must be 2"))
+case("vq/lfq_module_63_bits", "nnq.LFQ(63)", E("ValueError", "dim must be in [1, 62]"))
+case("vq/binary_module_wrong_dim", "nnq.BinaryQuantizer(4)(torch.randn(3, 5))", E("ValueError", "z.shape[-1] must be 4"))
+case("vq/residual_module_zero_levels", "nnq.ResidualVQ(4, 8, 0)", E("ValueError", "num_quantizers must be >= 1"))
+case("vq/fsq_module_valid", """
+m = nnq.FSQ([8, 5, 5])
+z = torch.randn(4, 7, 3)
+out, idx, loss, info = m(z)
+codes, ridx = reference.vq_quantizers.fsq(z, [8, 5, 5])
+result = torch.equal(idx, ridx) and torch.allclose(out, codes.to(out.dtype)) and int(info["counts"].sum()) == 28
+""", OK)
+case("merge/wavg_wrapper_size_shape", """
+m, _ = merge.bipartite_soft_matching(torch.randn(1, 6, 2), 1)
+merge.merge_wavg(m, torch.randn(1, 6, 3), torch.ones(1, 5, 1))
+""", E("ValueError", "size must have shape [1, 6, 1]"))
+case("merge/merge_source_valid", """
+metric, x = torch.randn(1, 7, 3), torch.randn(1, 7, 4)
+m, _ = merge.bipartite_soft_matching(metric, 2)
+mr, _ = reference.merge.bipartite_soft_matching(metric, 2)
+result = torch.equal(merge.merge_source(m, x), reference.merge.merge_source(mr, x))
+""", OK)
+case("prune/gather_packed_wrapper_mask", "prune.gather_packed(torch.randn(2, 5, 3), torch.ones(2, 5))",
+     E("TypeError", "mask must be a torch.bool tensor"))
+case("prune/gtp_select_by_rank_1d", "prune.gtp_select_by_rank(torch.rand(9), 2)", E("ValueError", "rank must have 2 dimensions"))
+case("attention/cls_attention_dtype_mix", "attention.cls_attention(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4).double())",
+     E("TypeError", "dtype"))
+case("attention/side_outputs_head_dim", "attention.attention_with_side_outputs(*(torch.randn(1, 1, 2, 130) for _ in range(3)))",
+     E("ValueError", "head dim"))
+case("splat/logits_from_geometry_shape", "nns.logits_from_geometry(torch.rand(2, 4))", E("ValueError", "geometry must have 5 values"))
+case("splat/split_tokens_short", "nns.split_tokens(torch.rand(2, 4))", E("ValueError", "tokens must have at least 5 values"))
+case("splat/renderer_float_size", "nns.GaussianSplatRenderer(8.0)(torch.rand(1, 2, 5) * 0.5, torch.rand(1, 2, 3))",
+     E("TypeError", "size[0] (H) must be an integer"))

@@ -70,7 +70,7 @@ class GaussianSplatRenderer(nn.Module):
 
     def __init__(self, size, box_sigma=3.0, normalize=False):
         super().__init__()
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.size = _splat._size(size)  # (H, W) of ints: TypeError naming size for 8.0 or "8"
         self.box_sigma = box_sigma
         self.normalize = normalize
 
