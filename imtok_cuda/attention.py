@@ -22,6 +22,13 @@ Conventions (identical to imtok_cuda.reference.attention, the specification):
 - causal with Nq != Nk is aligned to the bottom-right (FlashAttention >= 2.1): query i sees keys
   j <= i + Nk - Nq.
 - A query that sees no key (all masked) gets out = 0, lse = -inf, probabilities 0 (no NaN).
+- Non-finite data, the same on every path (CPU row and blocked paths, CUDA SIMT and tensor-core kernels, the
+  reference): a key is masked when key_mask is False, beyond the causal limit or when key_bias is -inf, and
+  nothing of a masked key is read. A query whose scores over its visible keys contain NaN or +inf (NaN / inf
+  in q, in a visible key row or key_bias) gets out = NaN and lse = NaN, and its probabilities are NaN at its
+  visible keys, so cls_attn / col_sum are NaN where it contributes: a NaN never silently drops a key. NaN / inf
+  in v propagate through p * v. The backward of such a row is not specified (NaN in practice). Non-finite
+  parameters are errors: scale must be finite.
 - lse [B, H, Nq], cls_attn / col_sum [B, H, Nk] and their head means [B, Nk] are float32 (float64 for
   float64 inputs).
 - Packed sequences: q, k, v [1, H, total, d], cu_seqlens int32 [nseq + 1] (0, ..., total, non-decreasing);
@@ -34,6 +41,7 @@ import math
 import torch
 
 from . import _loader  # noqa: F401  (loads the kernels)
+from ._args import as_bool, as_float, as_int, fcheck, fcheck_dim, fcheck_dtype, fcheck_floating
 from .reference.attention import AttentionOutputs
 
 __all__ = ["attention", "attention_with_side_outputs", "cls_attention", "AttentionOutputs", "MAX_HEAD_DIM"]
@@ -90,8 +98,8 @@ def _col_args(col_sum_queries):
     if col_sum_queries is None:
         return 0, -1
     start, end = col_sum_queries
-    start = 0 if start is None else int(start)
-    end = -1 if end is None else int(end)
+    start = 0 if start is None else as_int(start, "col_sum_queries[0]")
+    end = -1 if end is None else as_int(end, "col_sum_queries[1]")
     if start < 0 or end < -1:
         raise ValueError(f"col_sum_queries must be (start >= 0, end >= 0 or None), got {col_sum_queries}")
     return start, end
@@ -129,9 +137,10 @@ def attention(
     _check(q, k, v, key_bias, key_mask, cu_seqlens)
     start, end = _col_args(col_sum_queries)
     if scale is not None:
-        scale = float(scale)
+        scale = as_float(scale, "scale")
     out, lse, cls, col = torch.ops.imtok_cuda.attention_forward(
-        q, k, v, key_bias, key_mask, bool(causal), scale, bool(return_cls_attn), bool(return_col_sum), start, end,
+        q, k, v, key_bias, key_mask, as_bool(causal, "causal"), scale, as_bool(return_cls_attn, "return_cls_attn"),
+        as_bool(return_col_sum, "return_col_sum"), start, end,
         cu_seqlens,
     )
     if not (return_lse or return_cls_attn or return_col_sum):
@@ -202,9 +211,48 @@ def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens):
+    """csrc/attention/attention_common.h check_problem restated (shapes and dtypes; cu_seqlens values are checked
+    by the kernels' launchers)."""
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        fcheck_dim(t, 4, n)
+    fcheck_floating(q, "q")
+    for t, n in ((k, "k"), (v, "v")):
+        torch._check_type(t.dtype == q.dtype, lambda: "q and %s must have the same dtype, got %s and %s" % (
+            n, q.dtype, t.dtype))
+    B, H, Nq, d = q.shape
+    Nk = k.shape[2]
+    for t, n, want in ((k, "k", (B, H, Nk, d)), (v, "v", (B, H, Nk, d))):
+        for i in range(4):
+            fcheck(t.shape[i] == want[i], lambda: "%s.shape[%d] must be %s, got shape %s" % (
+                n, i, want[i], tuple(t.shape)))
+    fcheck(1 <= d <= 128, lambda: "q.shape[3] (head dim d) must be in [1, 128], got %s" % d)
+    if key_bias is not None:
+        fcheck_dim(key_bias, 2, "key_bias")
+        fcheck_floating(key_bias, "key_bias")
+        fcheck(key_bias.shape[0] == B, lambda: "key_bias.shape[0] must be %s, got shape %s" % (B, tuple(key_bias.shape)))
+        fcheck(key_bias.shape[1] == Nk, lambda: "key_bias.shape[1] must be %s, got shape %s" % (Nk, tuple(key_bias.shape)))
+    if key_mask is not None:
+        fcheck_dim(key_mask, 2, "key_mask")
+        fcheck_dtype(key_mask, torch.bool, "key_mask")
+        fcheck(key_mask.shape[0] == B, lambda: "key_mask.shape[0] must be %s, got shape %s" % (B, tuple(key_mask.shape)))
+        fcheck(key_mask.shape[1] == Nk, lambda: "key_mask.shape[1] must be %s, got shape %s" % (Nk, tuple(key_mask.shape)))
+    if scale is not None:
+        fcheck(math.isfinite(scale), lambda: "scale must be finite, got %s" % scale)
+    if cu_seqlens is not None:
+        fcheck_dim(cu_seqlens, 1, "cu_seqlens")
+        fcheck_dtype(cu_seqlens, torch.int32, "cu_seqlens")
+        fcheck(cu_seqlens.shape[0] >= 2, "cu_seqlens must have at least 2 entries")
+        fcheck(B == 1, "with cu_seqlens, q, k and v must be packed as [1, H, total, d]")
+        fcheck(Nq == Nk, "with cu_seqlens, q and k must have the same number of tokens")
+
+
 @torch.library.register_fake("imtok_cuda::attention_forward")
 def _forward_fake(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, return_cls_attn=False,
                   return_col_sum=False, col_sum_start=0, col_sum_end=-1, cu_seqlens=None):
+    _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens)
+    fcheck(col_sum_start >= 0, lambda: "col_sum_start must be >= 0, got %s" % col_sum_start)
+    fcheck(col_sum_end >= -1, lambda: "col_sum_end must be >= 0 (or -1 for all queries), got %s" % col_sum_end)
     B, H, Nq, d = q.shape
     Nk = k.shape[2]
     acc = _acc(q.dtype)
@@ -218,6 +266,10 @@ def _forward_fake(q, k, v, key_bias=None, key_mask=None, causal=False, scale=Non
 @torch.library.register_fake("imtok_cuda::attention_backward")
 def _backward_fake(grad_out, grad_lse, q, k, v, out, lse, key_bias=None, key_mask=None, causal=False, scale=None,
                    cu_seqlens=None, need_bias_grad=False):
+    _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens)
+    fcheck(tuple(grad_out.shape) == tuple(q.shape), lambda: "grad_out must have the shape of q")
+    fcheck(tuple(out.shape) == tuple(q.shape), lambda: "out must have the shape of q")
+    fcheck(not need_bias_grad or key_bias is not None, "need_bias_grad requires key_bias")
     dbias = key_bias.new_empty(key_bias.shape) if need_bias_grad else q.new_empty((0,))
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 

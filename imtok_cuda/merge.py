@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 
 from . import _loader  # noqa: F401  (loads the extension)
+from ._args import as_bool, as_int, checked_mul, fcheck, fcheck_dim, fcheck_dtype, fcheck_floating
 from .reference import merge as _ref
 
 _ops = torch.ops.imtok_cuda
@@ -56,28 +57,36 @@ def _check_metric(metric):
 def tome_match(metric: torch.Tensor, r: int, class_token: bool = False, distill_token: bool = False) -> MergePlan:
     """ToMe's bipartite soft matching as one fused op (normalize, a.b^T row max/argmax, ordering)."""
     _check_metric(metric)
-    src, dst, unm = _ops.merge_tome_match(metric, int(r), bool(class_token), bool(distill_token))
-    return MergePlan(src, dst, unm, None, None, bool(distill_token))
+    class_token, distill_token = as_bool(class_token, "class_token"), as_bool(distill_token, "distill_token")
+    src, dst, unm = _ops.merge_tome_match(metric, as_int(r, "r"), class_token, distill_token)
+    return MergePlan(src, dst, unm, None, None, distill_token)
 
 
 def random2d_split(rand_idx: torch.Tensor, h: int, w: int, sx: int, sy: int):
     """(a_idx, b_idx) from tomesd's destination draw. On CPU the kernel reproduces torch's CPU argsort order of
     the -1/0 buffer (an unstable introsort); on other devices torch's own argsort on that device is used, so the
     order is what tomesd gets there."""
+    h, w, sx, sy = as_int(h, "h"), as_int(w, "w"), as_int(sx, "sx"), as_int(sy, "sy")
     if rand_idx.device.type == "cpu":
-        return _ops.merge_random2d_split(rand_idx, int(h), int(w), int(sx), int(sy))
+        return _ops.merge_random2d_split(rand_idx, h, w, sx, sy)
+    _split_dims(rand_idx, h, w, sx, sy)
     return _ref.random2d_split(rand_idx, h, w, sx, sy)
 
 
 def random2d_match(metric: torch.Tensor, a_idx: torch.Tensor, b_idx: torch.Tensor, r: int) -> MergePlan:
     _check_metric(metric)
-    src, dst, unm = _ops.merge_random2d_match(metric, a_idx, b_idx, int(r))
+    src, dst, unm = _ops.merge_random2d_match(metric, a_idx, b_idx, as_int(r, "r"))
     return MergePlan(src, dst, unm, a_idx, b_idx, False)
+
+
+def _fake_metric(metric):
+    fcheck_floating(metric, "metric")
+    fcheck_dim(metric, 3, "metric")
 
 
 @torch.library.register_fake("imtok_cuda::merge_tome_match")
 def _(metric, r, class_token=False, distill_token=False):
-    torch._check(metric.dim() == 3, lambda: "metric must have 3 dimensions")
+    _fake_metric(metric)
     B, T, _ = metric.shape
     rr = max(0, min(r, (T - int(class_token) - int(distill_token)) // 2))
     na = (T + 1) // 2
@@ -85,16 +94,42 @@ def _(metric, r, class_token=False, distill_token=False):
     return e(rr), e(rr), e(na - rr)
 
 
+def _split_dims(rand_idx, h, w, sx, sy):
+    """csrc/merge/merge_plan.h check_random2d_split_args restated."""
+    fcheck(h > 0 and w > 0, lambda: "h and w must be positive, got h=%s, w=%s" % (h, w))
+    fcheck(sx > 0 and sy > 0, lambda: "sx and sy must be positive, got sx=%s, sy=%s" % (sx, sy))
+    fcheck_dtype(rand_idx, torch.int64, "rand_idx")
+    hsy, wsx = h // sy, w // sx
+    n = checked_mul(h, w, "h*w")
+    nd = checked_mul(hsy, wsx, "(h // sy)*(w // sx)")
+    checked_mul(sx, sy, "sx*sy")
+    fcheck(rand_idx.numel() == nd and rand_idx.dim() >= 2 and rand_idx.shape[0] == hsy and rand_idx.shape[1] == wsx,
+           lambda: "rand_idx must have shape [h // sy, w // sx(, 1)] = [%s, %s], got %s" % (
+               hsy, wsx, tuple(rand_idx.shape)))
+    fcheck(n <= 2**40, lambda: "h*w = %s tokens is too large" % n)
+    return n, nd
+
+
 @torch.library.register_fake("imtok_cuda::merge_random2d_split")
 def _(rand_idx, h, w, sx, sy):
-    nd = (h // sy) * (w // sx)
-    return rand_idx.new_empty((h * w - nd,)), rand_idx.new_empty((nd,))
+    n, nd = _split_dims(rand_idx, h, w, sx, sy)
+    return rand_idx.new_empty((n - nd,)), rand_idx.new_empty((nd,))
+
+
+def _fake_split(a_idx, b_idx):
+    fcheck_dtype(a_idx, torch.int64, "a_idx")
+    fcheck_dtype(b_idx, torch.int64, "b_idx")
+    fcheck_dim(a_idx, 1, "a_idx")
+    fcheck_dim(b_idx, 1, "b_idx")
 
 
 @torch.library.register_fake("imtok_cuda::merge_random2d_match")
 def _(metric, a_idx, b_idx, r):
-    B = metric.shape[0]
-    na = a_idx.shape[0]
+    _fake_metric(metric)
+    _fake_split(a_idx, b_idx)
+    B, T = metric.shape[0], metric.shape[1]
+    na, nb = a_idx.shape[0], b_idx.shape[0]
+    fcheck(na + nb == T, lambda: "a_idx and b_idx must split the %s tokens of metric, got %s + %s" % (T, na, nb))
     rr = max(0, min(r, na))
     e = lambda n: metric.new_empty((B, n), dtype=torch.int64)  # noqa: E731
     return e(rr), e(rr), e(na - rr)
@@ -103,42 +138,115 @@ def _(metric, a_idx, b_idx, r):
 # ---------------------------------------------------------------------------------------------------------
 # ops: applying a plan
 # ---------------------------------------------------------------------------------------------------------
-def _n_dst(src_idx, unm_idx, a_idx, b_idx, T):
-    if b_idx is not None:
-        return b_idx.shape[0]
-    return T // 2
+def _plan_dims(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill=False, tokens=None, merged_rows=None,
+               xname="x", yname="y"):
+    """csrc/merge/merge_plan.h (check_plan + resolve_tokens / resolve_merged_rows) restated for the fake
+    kernels: shapes only (index values are checked by the kernels' launchers, which fake tensors cannot do).
+    Returns (B, T, Na, Nb, r, U)."""
+    for t, n in ((src_idx, "src_idx"), (dst_idx, "dst_idx"), (unm_idx, "unm_idx")):
+        fcheck_dtype(t, torch.int64, n)
+        fcheck_dim(t, 2, n)
+    B, r = src_idx.shape
+    fcheck(tuple(dst_idx.shape) == tuple(src_idx.shape), lambda: "dst_idx must have the shape of src_idx %s, got %s"
+           % (tuple(src_idx.shape), tuple(dst_idx.shape)))
+    fcheck(unm_idx.shape[0] == B, lambda: "unm_idx.shape[0] must be %s, got shape %s" % (B, tuple(unm_idx.shape)))
+    U = unm_idx.shape[1]
+    Na = U + r
+    fcheck((a_idx is None) == (b_idx is None),
+           "a_idx and b_idx must be given together (tomesd) or both be None (ToMe)")
+    if a_idx is not None:
+        _fake_split(a_idx, b_idx)
+        fcheck(a_idx.shape[0] == Na, lambda: "a_idx must have %s entries (src_idx + unm_idx), got %s" % (
+            Na, a_idx.shape[0]))
+        Nb = b_idx.shape[0]
+        T = Na + Nb
+        if tokens is not None:
+            fcheck(tokens == T, lambda: "%s has %s tokens but the plan covers %s" % (xname, tokens, T))
+        else:
+            fcheck(merged_rows == U + Nb, lambda: "%s has %s rows but the plan merges to %s" % (
+                yname, merged_rows, U + Nb))
+    elif tokens is not None:
+        fcheck((tokens + 1) // 2 == Na, lambda: "%s has %s tokens but the plan has %s source-set rows "
+               "(src_idx + unm_idx); expected ceil(T / 2)" % (xname, tokens, Na))
+        T, Nb = tokens, tokens // 2
+    else:
+        Nb = merged_rows - U
+        fcheck(Nb == Na or Nb == Na - 1, lambda: "%s has %s rows, which does not fit a plan with %s unmerged and "
+               "%s source-set rows" % (yname, merged_rows, U, Na))
+        T = Na + Nb
+    fcheck(not distill or U >= 1, "distill_token needs at least one unmerged row in unm_idx")
+    fcheck(Nb >= 1 or r == 0, "a plan with merges needs at least one destination")
+    return B, T, Na, Nb, r, U
+
+
+def _fake_x(x, name, B):
+    fcheck_floating(x, name)
+    fcheck_dim(x, 3, name)
+    fcheck(x.shape[0] == B, lambda: "%s.shape[0] must be the plan's batch %s, got shape %s" % (
+        name, B, tuple(x.shape)))
+
+
+_MODE_CODES = {"sum": 0, "mean": 1, "amax": 2}
+
+
+def _fake_mode(mode):
+    fcheck(mode in _MODE_CODES, lambda: "mode must be 'sum', 'mean' or 'amax', got '%s'" % (mode,))
 
 
 @torch.library.register_fake("imtok_cuda::merge_apply")
 def _(x, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, mode="mean", distill_token=False):
-    B, T, C = x.shape
-    return x.new_empty((B, unm_idx.shape[1] + _n_dst(src_idx, unm_idx, a_idx, b_idx, T), C))
+    _fake_mode(mode)
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    B, T, Na, Nb, r, U = _plan_dims(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, tokens=x.shape[1])
+    _fake_x(x, "x", B)
+    return x.new_empty((B, U + Nb, x.shape[2]))
 
 
 @torch.library.register_fake("imtok_cuda::merge_apply_backward")
 def _(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, mode, distill_token):
+    _fake_mode(mode)
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    B, T, Na, Nb, r, U = _plan_dims(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, tokens=x.shape[1])
+    want = (B, U + Nb, x.shape[2])
+    fcheck(grad.dim() == 3 and tuple(grad.shape) == want, lambda: "grad must have shape %s, got %s" % (
+        list(want), tuple(grad.shape)))
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("imtok_cuda::merge_wavg")
 def _(x, size, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, distill_token=False):
-    B, T, C = x.shape
-    n = unm_idx.shape[1] + _n_dst(src_idx, unm_idx, a_idx, b_idx, T)
-    return x.new_empty((B, n, C)), x.new_empty((B, n, 1))
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    B, T, Na, Nb, r, U = _plan_dims(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, tokens=x.shape[1])
+    _fake_x(x, "x", B)
+    if size is not None:
+        torch._check_type(size.dtype == x.dtype, lambda: "size and x must have the same dtype")
+        fcheck(tuple(size.shape) == (B, T, 1), lambda: "size must have shape [%s, %s, 1], got %s" % (
+            B, T, tuple(size.shape)))
+    n = U + Nb
+    return x.new_empty((B, n, x.shape[2])), x.new_empty((B, n, 1))
 
 
 @torch.library.register_fake("imtok_cuda::merge_wavg_backward")
 def _(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token):
-    B, T, C = x.shape
-    return x.new_empty((B, T, C)), x.new_empty((B, T, 1))
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    B, T, Na, Nb, r, U = _plan_dims(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, tokens=x.shape[1])
+    want = (B, U + Nb, x.shape[2])
+    fcheck(tuple(grad_x.shape) == want, lambda: "grad_x must have shape %s, got %s" % (list(want),
+                                                                                   tuple(grad_x.shape)))
+    return x.new_empty((B, T, x.shape[2])), x.new_empty((B, T, 1))
 
 
 @torch.library.register_fake("imtok_cuda::merge_unmerge")
 def _(y, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None):
-    B, rows, C = y.shape
-    na = src_idx.shape[1] + unm_idx.shape[1]
-    T = na + (b_idx.shape[0] if b_idx is not None else rows - unm_idx.shape[1])
-    return y.new_empty((B, T, C))
+    fcheck_floating(y, "y")
+    fcheck_dim(y, 3, "y")
+    B, T, Na, Nb, r, U = _plan_dims(src_idx, dst_idx, unm_idx, a_idx, b_idx, merged_rows=y.shape[1])
+    _fake_x(y, "y", B)
+    return y.new_empty((B, T, y.shape[2]))
 
 
 def _apply_setup(ctx, inputs, output):
@@ -201,7 +309,7 @@ _MODES = ("sum", "mean", "amax")
 
 def merge_apply(x: torch.Tensor, plan: MergePlan, mode: str = "mean") -> torch.Tensor:
     """ToMe's merge(x, mode) for a plan: [unm..., dst...] (distill: [unm0, dst0, unm1.., dst1..])."""
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError("mode must be one of %s, got %r" % (_MODES, mode))
     return _ops.merge_apply(x, plan.src_idx, plan.dst_idx, plan.unm_idx, plan.a_idx, plan.b_idx, mode,
                             plan.distill_token)
@@ -243,6 +351,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool = Fa
                             distill_token: bool = False) -> Tuple[Callable, Callable]:
     """ToMe's bipartite_soft_matching with fused kernels: (merge, unmerge), identity when the clamped r <= 0."""
     _check_metric(metric)
+    r = as_int(r, "r")
     if _ref.tome_clamp_r(metric.shape[1], r, class_token, distill_token) <= 0:
         return do_nothing, do_nothing
     plan = tome_match(metric, r, class_token, distill_token)
@@ -253,6 +362,7 @@ def bipartite_soft_matching_random2d(metric: torch.Tensor, w: int, h: int, sx: i
                                      no_rand: bool = False, generator: Optional[torch.Generator] = None):
     """tomesd 0.1.3's bipartite_soft_matching_random2d with fused kernels (same random draw from `generator`)."""
     _check_metric(metric)
+    w, h, sx, sy, r = as_int(w, "w"), as_int(h, "h"), as_int(sx, "sx"), as_int(sy, "sy"), as_int(r, "r")
     B, N, _ = metric.shape
     if N != h * w:
         raise ValueError("metric has %d tokens but h * w = %d" % (N, h * w))

@@ -20,6 +20,7 @@ import math
 import torch
 
 from . import _loader  # noqa: F401  (loads the extension)
+from ._args import as_bool, as_float, as_int, fcheck, fcheck_dim, fcheck_dtype, fcheck_floating, fcheck_type
 
 __all__ = [
     "evit_left_tokens", "evit_cls_attn", "evit_keep_fuse",
@@ -72,21 +73,60 @@ def evit_keep_fuse(x, cls_attn, left, fuse=True):
     B, N, C = x.shape
     if tuple(cls_attn.shape) != (B, N - 1):
         raise ValueError("cls_attn must have shape %s, got %s" % ((B, N - 1), tuple(cls_attn.shape)))
-    if not isinstance(left, int) or not 1 <= left <= N - 1:
+    left, fuse = as_int(left, "left"), as_bool(fuse, "fuse")
+    if not 1 <= left <= N - 1:
         raise ValueError("left must be an int in [1, N - 1] = [1, %d], got %r" % (N - 1, left))
     if left == N - 1:
         return x, None
-    return _ops.prune_evit_keep_fuse(x, cls_attn.to(x.dtype), left, bool(fuse))
+    return _ops.prune_evit_keep_fuse(x, cls_attn.to(x.dtype), left, fuse)
+
+
+# ---- fake kernels: csrc/prune/prune_checks.h restated (shapes and dtypes; index values are checked by the
+# kernels' launchers, which fake tensors cannot do) ---------------------------------------------------------
+def _fsize(t, d, want, name):
+    fcheck(t.shape[d] == want, lambda: "%s.shape[%d] must be %s, got shape %s" % (name, d, want, tuple(t.shape)))
+
+
+def _fsame(a, na, b, nb):
+    fcheck_type(a.dtype == b.dtype, lambda: "%s and %s must have the same dtype, got %s and %s" % (
+        na, nb, a.dtype, b.dtype))
 
 
 @torch.library.register_fake("imtok_cuda::prune_evit_keep_fuse")
 def _evit_fake(x, cls_attn, left, fuse=True):
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    fcheck_dim(cls_attn, 2, "cls_attn")
+    _fsame(x, "x", cls_attn, "cls_attn")
     B, N, C = x.shape
+    fcheck(N >= 2, lambda: "x must hold the CLS token and at least one other token (x.shape[1] >= 2), got shape %s"
+           % (tuple(x.shape),))
+    _fsize(cls_attn, 0, B, "cls_attn")
+    _fsize(cls_attn, 1, N - 1, "cls_attn")
+    fcheck(1 <= left <= N - 1, lambda: "left must be in [1, N - 1] = [1, %s], got %s" % (N - 1, left))
     return x.new_empty(B, left + 1 + int(fuse), C), x.new_empty(B, left, dtype=torch.long)
 
 
 @torch.library.register_fake("imtok_cuda::prune_evit_keep_fuse_backward")
 def _evit_bwd_fake(grad_out, x, cls_attn, kept_idx, fuse):
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    fcheck_dim(grad_out, 3, "grad_out")
+    fcheck_dim(cls_attn, 2, "cls_attn")
+    fcheck_dtype(kept_idx, torch.int64, "kept_idx")
+    fcheck_dim(kept_idx, 2, "kept_idx")
+    _fsame(x, "x", cls_attn, "cls_attn")
+    _fsame(x, "x", grad_out, "grad_out")
+    B, N, C = x.shape
+    fcheck(N >= 2, lambda: "x.shape[1] must be >= 2, got shape %s" % (tuple(x.shape),))
+    _fsize(cls_attn, 0, B, "cls_attn")
+    _fsize(cls_attn, 1, N - 1, "cls_attn")
+    _fsize(kept_idx, 0, B, "kept_idx")
+    left = kept_idx.shape[1]
+    fcheck(1 <= left <= N - 1, lambda: "kept_idx.shape[1] must be in [1, %s], got %s" % (N - 1, left))
+    _fsize(grad_out, 0, B, "grad_out")
+    _fsize(grad_out, 1, left + 1 + (1 if fuse else 0), "grad_out")
+    _fsize(grad_out, 2, C, "grad_out")
     return torch.empty_like(x), torch.empty_like(cls_attn)
 
 
@@ -111,6 +151,9 @@ torch.library.register_autograd("imtok_cuda::prune_evit_keep_fuse", _evit_backwa
 # ---------------------------------------------------------------------------------------------------------------
 # GTP-ViT
 # ---------------------------------------------------------------------------------------------------------------
+_GRAPH_KINDS = ("spatial", "semantic", "mixed")
+
+
 def gtp_graph(x, graph_type="spatial", num_neighbours=8):
     """Normalized GTP-ViT graph D^-1/2 A D^-1/2 over the image tokens of x [B, N, C] (CLS first, excluded) as
     neighbour lists (nbr_idx [B, N-1, K] int64, nbr_w [B, N-1, K] in x's dtype).
@@ -120,9 +163,9 @@ def gtp_graph(x, graph_type="spatial", num_neighbours=8):
     (K = 8 + num_neighbours)."""
     _check_float(x, "x")
     _check_dim(x, 3, "x")
-    if graph_type not in ("spatial", "semantic", "mixed"):
+    if not isinstance(graph_type, str) or graph_type not in _GRAPH_KINDS:
         raise ValueError("graph_type must be 'spatial', 'semantic' or 'mixed', got %r" % (graph_type,))
-    return _ops.prune_gtp_graph(x, graph_type, int(num_neighbours))
+    return _ops.prune_gtp_graph(x, graph_type, as_int(num_neighbours, "num_neighbours"))
 
 
 def gtp_rank(attn):
@@ -151,6 +194,12 @@ def gtp_select(attn, num_prop):
 
 def gtp_select_by_rank(rank, num_prop):
     """gtp_select from the rank [B, N-1] (gtp_rank or gtp_rank_from_side_outputs)."""
+    num_prop = as_int(num_prop, "num_prop")
+    if rank.dim() != 2:
+        raise ValueError("rank must have 2 dimensions [B, N-1], got shape %s" % (tuple(rank.shape),))
+    if not 0 <= num_prop <= rank.shape[1]:
+        raise ValueError("num_prop must be in [0, N - 1] = [0, %d] (the image tokens), got %d" % (
+            rank.shape[1], num_prop))
     order = torch.argsort(rank, dim=1, descending=True) + 1
     n = order.shape[1] - num_prop
     return order[:, :n], order[:, n:]
@@ -171,11 +220,12 @@ def gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, token_scales=Non
     token_scales' [B, 1 + Nk] updated the same way, or None). Differentiable in x."""
     _check_float(x, "x")
     _check_dim(x, 3, "x")
+    alpha = as_float(alpha, "alpha")
     nbr_w = nbr_w.to(x.dtype)
-    out = _ops.prune_gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, float(alpha))
+    out = _ops.prune_gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha)
     if token_scales is not None:
         ts = _ops.prune_gtp_propagate(token_scales.to(x.dtype).unsqueeze(-1), kept_idx, prop_idx, nbr_idx, nbr_w,
-                                      float(alpha)).squeeze(-1).to(token_scales.dtype)
+                                      alpha).squeeze(-1).to(token_scales.dtype)
     else:
         ts = None
     return out, _ops.prune_gtp_graph_select(nbr_idx, nbr_w, kept_idx), ts
@@ -183,23 +233,86 @@ def gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, token_scales=Non
 
 @torch.library.register_fake("imtok_cuda::prune_gtp_graph")
 def _gtp_graph_fake(x, graph_type="spatial", num_neighbours=8):
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    fcheck(graph_type in _GRAPH_KINDS, lambda: "graph_type must be 'spatial', 'semantic' or 'mixed', got '%s'" % (
+        graph_type,))
     B, N, C = x.shape
+    M = N - 1
+    fcheck(M >= 1, lambda: "x must hold the CLS token and at least one image token, got shape %s" % (
+        tuple(x.shape),))
+    if graph_type != "spatial":
+        fcheck(1 <= num_neighbours <= 32, lambda: "num_neighbours must be in [1, 32], got %s" % num_neighbours)
+        fcheck(num_neighbours <= M - 1, lambda: "num_neighbours must be < the number of image tokens (%s), got %s"
+               % (M, num_neighbours))
+    if graph_type != "semantic":
+        side = math.isqrt(M) if isinstance(M, int) else int(math.sqrt(M))
+        fcheck(side * side == M, lambda: "a spatial graph needs a square grid of image tokens, got %s "
+               "(x.shape[1] - 1)" % M)
     K = {"spatial": 8, "semantic": num_neighbours, "mixed": 8 + num_neighbours}[graph_type]
     return x.new_empty(B, N - 1, K, dtype=torch.long), x.new_empty(B, N - 1, K)
 
 
+def _fake_graph_lists(nbr_idx, nbr_w, B, M, like):
+    fcheck_dtype(nbr_idx, torch.int64, "nbr_idx")
+    fcheck_dim(nbr_idx, 3, "nbr_idx")
+    fcheck_dim(nbr_w, 3, "nbr_w")
+    _fsame(like, "x", nbr_w, "nbr_w")
+    _fsize(nbr_idx, 0, B, "nbr_idx")
+    _fsize(nbr_idx, 1, M, "nbr_idx")
+    fcheck(tuple(nbr_w.shape) == tuple(nbr_idx.shape), lambda: "nbr_w must have the shape of nbr_idx %s, got %s"
+           % (tuple(nbr_idx.shape), tuple(nbr_w.shape)))
+
+
+def _fake_index(t, name):
+    fcheck_dtype(t, torch.int64, name)
+    fcheck_dim(t, 2, name)
+
+
+def _fake_alpha(alpha):
+    fcheck(math.isfinite(alpha), lambda: "alpha must be finite, got %s" % alpha)
+
+
 @torch.library.register_fake("imtok_cuda::prune_gtp_propagate")
 def _gtp_prop_fake(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha):
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    _fake_index(kept_idx, "kept_idx")
+    _fake_index(prop_idx, "prop_idx")
+    B, N = x.shape[0], x.shape[1]
+    fcheck(N >= 1, lambda: "x must hold the CLS token, got shape %s" % (tuple(x.shape),))
+    _fsize(kept_idx, 0, B, "kept_idx")
+    _fsize(prop_idx, 0, B, "prop_idx")
+    _fake_graph_lists(nbr_idx, nbr_w, B, N - 1, x)
+    _fake_alpha(alpha)
     return x.new_empty(x.shape[0], kept_idx.shape[1] + 1, x.shape[2])
 
 
 @torch.library.register_fake("imtok_cuda::prune_gtp_propagate_backward")
 def _gtp_prop_bwd_fake(grad_out, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, num_tokens):
+    fcheck_floating(grad_out, "grad_out")
+    fcheck_dim(grad_out, 3, "grad_out")
+    _fake_index(kept_idx, "kept_idx")
+    _fake_index(prop_idx, "prop_idx")
+    B = grad_out.shape[0]
+    fcheck(num_tokens >= 1, lambda: "num_tokens must be >= 1, got %s" % num_tokens)
+    _fsize(kept_idx, 0, B, "kept_idx")
+    _fsize(prop_idx, 0, B, "prop_idx")
+    _fsize(grad_out, 1, kept_idx.shape[1] + 1, "grad_out")
+    _fake_graph_lists(nbr_idx, nbr_w, B, num_tokens - 1, grad_out)
+    _fake_alpha(alpha)
     return grad_out.new_empty(grad_out.shape[0], num_tokens, grad_out.shape[2])
 
 
 @torch.library.register_fake("imtok_cuda::prune_gtp_graph_select")
 def _gtp_select_fake(nbr_idx, nbr_w, kept_idx):
+    fcheck_dtype(nbr_idx, torch.int64, "nbr_idx")
+    fcheck_dim(nbr_idx, 3, "nbr_idx")
+    fcheck_floating(nbr_w, "nbr_w")
+    _fake_index(kept_idx, "kept_idx")
+    fcheck(tuple(nbr_w.shape) == tuple(nbr_idx.shape), lambda: "nbr_w must have the shape of nbr_idx %s, got %s"
+           % (tuple(nbr_idx.shape), tuple(nbr_w.shape)))
+    _fsize(kept_idx, 0, nbr_idx.shape[0], "kept_idx")
     B, _, K = nbr_idx.shape
     return nbr_idx.new_empty(B, kept_idx.shape[1], K), nbr_w.new_empty(B, kept_idx.shape[1], K)
 
@@ -231,11 +344,21 @@ def cls_attn(q, k, scale):
     _check_float(q, "q")
     _check_dim(q, 4, "q")
     _check_dim(k, 4, "k")
-    return _ops.prune_cls_attn(q, k, float(scale))
+    return _ops.prune_cls_attn(q, k, as_float(scale, "scale"))
 
 
 @torch.library.register_fake("imtok_cuda::prune_cls_attn")
 def _cls_attn_fake(q, k, scale):
+    fcheck_floating(q, "q")
+    fcheck_dim(q, 4, "q")
+    fcheck_dim(k, 4, "k")
+    _fsame(q, "q", k, "k")
+    for d in (0, 1, 3):
+        _fsize(k, d, q.shape[d], "k")
+    fcheck(q.shape[2] >= 1, lambda: "q must hold the CLS query (q.shape[2] >= 1), got shape %s" % (tuple(q.shape),))
+    fcheck(k.shape[2] >= 1, lambda: "k must hold at least the CLS key (k.shape[2] >= 1), got shape %s" % (
+        tuple(k.shape),))
+    fcheck(math.isfinite(scale), lambda: "scale must be finite, got %s" % scale)
     return q.new_empty(q.shape[0], k.shape[2] - 1)
 
 
@@ -243,7 +366,8 @@ def topk_mask(scores, k):
     """Boolean mask [B, N] of the k highest scores of every row (NaN counts as largest, ties: lower index)."""
     _check_float(scores, "scores")
     _check_dim(scores, 2, "scores")
-    if not isinstance(k, int) or not 0 <= k <= scores.shape[1]:
+    k = as_int(k, "k")
+    if not 0 <= k <= scores.shape[1]:
         raise ValueError("k must be an int in [0, %d], got %r" % (scores.shape[1], k))
     return _ops.prune_topk_mask(scores, k)
 
@@ -270,10 +394,20 @@ def fastervlm_prune(image_features, scores, k, packed=False):
 
 @torch.library.register_fake("imtok_cuda::prune_topk_mask")
 def _topk_mask_fake(scores, k):
+    fcheck_floating(scores, "scores")
+    fcheck_dim(scores, 2, "scores")
+    fcheck(0 <= k <= scores.shape[1], lambda: "k must be in [0, scores.shape[1]] = [0, %s], got %s" % (
+        scores.shape[1], k))
     return scores.new_empty(scores.shape, dtype=torch.bool)
 
 
 @torch.library.register_fake("imtok_cuda::prune_gather_packed")
 def _gather_packed_fake(x, mask):
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    fcheck_dtype(mask, torch.bool, "mask")
+    fcheck_dim(mask, 2, "mask")
+    _fsize(mask, 0, x.shape[0], "mask")
+    _fsize(mask, 1, x.shape[1], "mask")
     total = torch.library.get_ctx().new_dynamic_size()
     return x.new_empty(total, x.shape[2]), x.new_empty(x.shape[0] + 1, dtype=torch.int32)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import _loader  # noqa: F401
+from ._args import as_int, checked_mul, fcheck, fcheck_dim, fcheck_floating, fcheck_type
 
 _ops = torch.ops.imtok_cuda
 
@@ -19,41 +20,102 @@ __all__ = ["token_shuffle", "token_unshuffle", "shuffle_linear", "linear_unshuff
            "LinearUnshuffle"]
 
 
+def _grid(h, w, s):
+    return as_int(h, "h"), as_int(w, "w"), as_int(s, "s")
+
+
 def token_shuffle(x: torch.Tensor, h: int, w: int, s: int) -> torch.Tensor:
-    return _ops.shuffle_token_shuffle(x, int(h), int(w), int(s))
+    return _ops.shuffle_token_shuffle(x, *_grid(h, w, s))
 
 
 def token_unshuffle(x: torch.Tensor, h: int, w: int, s: int) -> torch.Tensor:
-    return _ops.shuffle_token_unshuffle(x, int(h), int(w), int(s))
+    return _ops.shuffle_token_unshuffle(x, *_grid(h, w, s))
 
 
 def shuffle_linear(x, h, w, s, weight, bias=None):
-    return _ops.shuffle_linear(x, int(h), int(w), int(s), weight, bias)
+    return _ops.shuffle_linear(x, *_grid(h, w, s), weight, bias)
 
 
 def linear_unshuffle(x, h, w, s, weight, bias=None):
-    return _ops.shuffle_linear_unshuffle(x, int(h), int(w), int(s), weight, bias)
+    return _ops.shuffle_linear_unshuffle(x, *_grid(h, w, s), weight, bias)
 
 
-# ---- fake kernels -----------------------------------------------------------------------------------------
+# ---- fake kernels: csrc/shuffle/shuffle_checks.h (check_shuffle_args) restated -----------------------------
+_TOKEN_SHUFFLE, _TOKEN_UNSHUFFLE, _SHUFFLE_LINEAR, _LINEAR_UNSHUFFLE = range(4)
+
+
+def _check_linear(x, weight, bias, kin):
+    fcheck_floating(weight, "weight")
+    fcheck_dim(weight, 2, "weight")
+    fcheck_type(weight.dtype == x.dtype, lambda: "x and weight must have the same dtype, got %s and %s" % (
+        x.dtype, weight.dtype))
+    fcheck(weight.shape[1] == kin, lambda: "weight.shape[1] must be the input features %s, got shape %s" % (
+        kin, tuple(weight.shape)))
+    if bias is not None:
+        fcheck_type(bias.dtype == x.dtype, lambda: "x and bias must have the same dtype")
+        fcheck_dim(bias, 1, "bias")
+        fcheck(bias.shape[0] == weight.shape[0], lambda: "bias must have %s entries, got shape %s" % (
+            weight.shape[0], tuple(bias.shape)))
+
+
+def _dims(x, h, w, s, op, weight=None, bias=None):
+    """(B, Q, S, T, D, N) after the checks of check_shuffle_args."""
+    fcheck(h > 0 and w > 0, lambda: "h and w must be positive, got h=%s, w=%s" % (h, w))
+    fcheck(s > 0, lambda: "s must be positive, got %s" % s)
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 3, "x")
+    B = x.shape[0]
+    S = checked_mul(s, s, "s*s")
+    Q = checked_mul(h, w, "h*w")
+    T = checked_mul(Q, S, "(h s)(w s) = h*w*s*s")
+    N = None
+    if op in (_TOKEN_SHUFFLE, _SHUFFLE_LINEAR):
+        fcheck(x.shape[1] == T, lambda: "x.shape[1] must be (h s)(w s) = %s tokens, got shape %s" % (
+            T, tuple(x.shape)))
+        D = x.shape[2]
+        K = checked_mul(S, D, "s*s*x.shape[2]")
+        if op == _SHUFFLE_LINEAR:
+            _check_linear(x, weight, bias, K)
+            N = weight.shape[0]
+    else:
+        fcheck(x.shape[1] == Q, lambda: "x.shape[1] must be h w = %s tokens, got shape %s" % (Q, tuple(x.shape)))
+        if op == _TOKEN_UNSHUFFLE:
+            fcheck(x.shape[2] % S == 0, lambda: "x.shape[2] must be divisible by s*s = %s, got shape %s" % (
+                S, tuple(x.shape)))
+            D = x.shape[2] // S
+        else:
+            _check_linear(x, weight, bias, x.shape[2])
+            N = weight.shape[0]
+            fcheck(N % S == 0, lambda: "weight.shape[0] must be divisible by s*s = %s, got shape %s" % (
+                S, tuple(weight.shape)))
+            D = N // S
+    if N is not None:
+        checked_mul(checked_mul(B, Q, "x.shape[0]*h*w"), N, "the output size x.shape[0]*h*w*weight.shape[0]")
+    return B, Q, S, T, D, N
+
+
 @torch.library.register_fake("imtok_cuda::shuffle_token_shuffle")
 def _(x, h, w, s):
-    return x.new_empty((x.shape[0], h * w, s * s * x.shape[2]))
+    B, Q, S, T, D, _ = _dims(x, h, w, s, _TOKEN_SHUFFLE)
+    return x.new_empty((B, Q, S * D))
 
 
 @torch.library.register_fake("imtok_cuda::shuffle_token_unshuffle")
 def _(x, h, w, s):
-    return x.new_empty((x.shape[0], h * w * s * s, x.shape[2] // (s * s)))
+    B, Q, S, T, D, _ = _dims(x, h, w, s, _TOKEN_UNSHUFFLE)
+    return x.new_empty((B, T, D))
 
 
 @torch.library.register_fake("imtok_cuda::shuffle_linear")
 def _(x, h, w, s, weight, bias=None):
-    return x.new_empty((x.shape[0], h * w, weight.shape[0]))
+    B, Q, S, T, D, N = _dims(x, h, w, s, _SHUFFLE_LINEAR, weight, bias)
+    return x.new_empty((B, Q, N))
 
 
 @torch.library.register_fake("imtok_cuda::shuffle_linear_unshuffle")
 def _(x, h, w, s, weight, bias=None):
-    return x.new_empty((x.shape[0], h * w * s * s, weight.shape[0] // (s * s)))
+    B, Q, S, T, D, N = _dims(x, h, w, s, _LINEAR_UNSHUFFLE, weight, bias)
+    return x.new_empty((B, T, D))
 
 
 # ---- autograd: each op's backward is the other permutation (plus GEMMs for the fused Linear forms) ---------

@@ -19,6 +19,7 @@ import math
 import torch
 
 from . import _loader  # noqa: F401  (loads the compiled ops)
+from ._args import as_bool, as_float, as_int, fcheck, fcheck_dim, fcheck_floating
 
 __all__ = ["render", "entropy_partition", "region_complexity"]
 
@@ -28,18 +29,18 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def _box(box_sigma):
     if box_sigma is None:
         return math.inf
-    box_sigma = float(box_sigma)
+    box_sigma = as_float(box_sigma, "box_sigma", finite=False)
     if not box_sigma > 0:
         raise ValueError("box_sigma must be positive (None or inf for no cutoff), got {}".format(box_sigma))
     return box_sigma
 
 
 def _size(size):
-    if isinstance(size, int):
+    if isinstance(size, torch.Tensor) or not isinstance(size, (tuple, list, torch.Size)):
         size = (size, size)
     if len(size) != 2:
         raise ValueError("size must be (H, W) or an int, got {}".format(size))
-    H, W = size
+    H, W = as_int(size[0], "size[0] (H)"), as_int(size[1], "size[1] (W)")
     if H < 0 or W < 0:
         raise ValueError("size must be non-negative, got {}".format(tuple(size)))
     return H, W
@@ -79,49 +80,64 @@ def _check(geometry, features, lengths):
                 geometry.device, lengths.device))
 
 
-def _check_values(geometry, lengths):
-    """Value checks (sigma > 0, |rho| < 1, 0 <= lengths <= N). The CPU kernel checks these itself."""
-    B, N = geometry.shape[:2]
-    valid = torch.ones(B, N, dtype=torch.bool, device=geometry.device)
-    if lengths is not None:
-        if bool(((lengths < 0) | (lengths > N)).any()):
-            raise ValueError("lengths must be in [0, N={}], got {}".format(N, lengths.tolist()))
-        valid = torch.arange(N, device=geometry.device)[None] < lengths[:, None]
-    g = geometry.detach()
-    if bool((valid & ~((g[..., 0] > 0) & (g[..., 1] > 0))).any()):
-        raise ValueError("geometry: sigma_x and sigma_y must be positive")
-    if bool((valid & ~(g[..., 2].abs() < 1)).any()):
-        raise ValueError("geometry: rho must be in (-1, 1)")
-
-
 def render(geometry, features, size, box_sigma=3.0, lengths=None, normalize=False, check_values=True):
     """Splat N Gaussian tokens per image into a [B, C, H, W] feature map (see the module docstring).
 
     geometry [B, N, 5], features [B, N, C] (same float dtype and device), size (H, W) or int, box_sigma the
     box half-width in sigmas (None: no cutoff), lengths [B] int valid-token counts, normalize to divide by the
-    weight sum. Differentiable in geometry and features. ``check_values`` validates sigma/rho/lengths values on
-    non-CPU devices (a device sync; skipped under torch.compile; the CPU kernel always checks).
+    weight sum. Differentiable in geometry and features. The op validates the values (sigma > 0, |rho| < 1,
+    finite mu, 0 <= lengths <= N) on every device before any kernel runs (on CUDA a device-to-host copy of the
+    geometry, i.e. a sync); ``check_values`` is kept for compatibility and has no effect.
     """
     H, W = _size(size)
     s = _box(box_sigma)
     _check(geometry, features, lengths)
-    if check_values and geometry.device.type != "cpu" and not torch.compiler.is_compiling():
-        _check_values(geometry, lengths)
-    return torch.ops.imtok_cuda.splat_render(geometry, features, H, W, s, lengths, bool(normalize))
+    return torch.ops.imtok_cuda.splat_render(geometry, features, H, W, s, lengths, as_bool(normalize, "normalize"))
 
 
 # ---- registration: fake kernels and autograd ---------------------------------------------------------------
+def _fake_render_args(geometry, features, H, W, box_sigma, lengths):
+    """csrc/splat/splat_checks.h check_render_args restated (shapes, dtypes, sizes; the CPU kernel also checks
+    sigma / rho / lengths values, which fake tensors cannot)."""
+    fcheck_dim(geometry, 3, "geometry")
+    fcheck(geometry.shape[2] == 5, lambda: "geometry.shape[2] must be 5, got shape %s" % (tuple(geometry.shape),))
+    fcheck_dim(features, 3, "features")
+    fcheck(features.shape[0] == geometry.shape[0] and features.shape[1] == geometry.shape[1],
+           lambda: "features must have shape [B, N, C] with B, N of geometry %s, got %s" % (
+               tuple(geometry.shape), tuple(features.shape)))
+    fcheck_floating(geometry, "geometry")
+    fcheck_floating(features, "features")
+    torch._check_type(geometry.dtype == features.dtype, lambda: "geometry and features must have the same dtype")
+    fcheck(H >= 0 and W >= 0, lambda: "size (H, W) must be non-negative, got (%s, %s)" % (H, W))
+    fcheck(H <= 2**24 and W <= 2**24, lambda: "size (H, W) too large: (%s, %s)" % (H, W))
+    fcheck(box_sigma > 0, lambda: "box_sigma must be positive (or inf for no cutoff), got %s" % box_sigma)
+    if lengths is not None:
+        fcheck_dim(lengths, 1, "lengths")
+        fcheck(lengths.shape[0] == geometry.shape[0], lambda: "lengths.shape[0] must be %s, got shape %s" % (
+            geometry.shape[0], tuple(lengths.shape)))
+        torch._check_type(lengths.dtype in (torch.int32, torch.int64), lambda: "lengths must be int32 or int64, "
+                          "got %s" % (lengths.dtype,))
+
+
 def _register(ns):
     lib = "{}::".format(ns)
 
     @torch.library.register_fake(lib + "splat_render")
     def _render_fake(geometry, features, H, W, box_sigma=3.0, lengths=None, normalize=False):
-        torch._check(geometry.dim() == 3 and geometry.shape[-1] == 5, lambda: "geometry must be [B, N, 5]")
-        torch._check(features.dim() == 3, lambda: "features must be [B, N, C]")
+        _fake_render_args(geometry, features, H, W, box_sigma, lengths)
         return features.new_empty((geometry.shape[0], features.shape[2], H, W))
 
     @torch.library.register_fake(lib + "splat_render_backward")
     def _backward_fake(grad_out, geometry, features, out, H, W, box_sigma, lengths, normalize):
+        _fake_render_args(geometry, features, H, W, box_sigma, lengths)
+        fcheck_dim(grad_out, 4, "grad_out")
+        want = (geometry.shape[0], features.shape[2], H, W)
+        fcheck(tuple(grad_out.shape) == want, lambda: "grad_out must have shape [B, C, H, W] = %s, got %s" % (
+            list(want), tuple(grad_out.shape)))
+        fcheck_floating(grad_out, "grad_out")
+        if normalize:
+            fcheck(out is not None, "out (the forward output) is required when normalize=True")
+            fcheck(tuple(out.shape) == tuple(grad_out.shape), "out must have the shape of grad_out")
         return torch.empty_like(geometry, memory_format=torch.contiguous_format), torch.empty_like(
             features, memory_format=torch.contiguous_format)
 
@@ -230,8 +246,11 @@ def entropy_partition(images, n_tokens, minhw=8, weight=2.5):
             tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__))
     if not images.is_floating_point():
         raise TypeError("images must be a floating-point tensor, got {}".format(images.dtype))
-    if int(n_tokens) < 1:
+    n_tokens, minhw, weight = as_int(n_tokens, "n_tokens"), as_int(minhw, "minhw"), as_float(weight, "weight")
+    if n_tokens < 1:
         raise ValueError("n_tokens must be >= 1, got {}".format(n_tokens))
+    if minhw < 0:
+        raise ValueError("minhw must be >= 0, got {}".format(minhw))
     x = images.detach().double()
     if x.shape[1] == 3:
         grey = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]

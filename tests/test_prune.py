@@ -579,9 +579,9 @@ def test_emulated_bad_input_and_out_of_range_indices(emu):
     with pytest.raises(ValueError, match="graph_type"):
         emu.prune_gtp_graph(x, "dense", 8)
     ni, nw = OPS.prune_gtp_graph(x, "semantic", 3)
-    kept = torch.tensor([[1, 2, 99], [1, 2, 3]])  # out of range: ignored on the device (a zero row), no crash
-    out = emu.prune_gtp_propagate(x, kept, torch.tensor([[4], [4]]), ni, nw, 0.1)
-    assert torch.equal(out[0, 3], torch.zeros(4))
+    kept = torch.tensor([[1, 2, 99], [1, 2, 3]])  # out of range: rejected before any kernel, as on the CPU
+    with pytest.raises(ValueError, match=r"kept_idx values must be in \[1, 10\), got 99"):
+        emu.prune_gtp_propagate(x, kept, torch.tensor([[4], [4]]), ni, nw, 0.1)
 
 
 # ---- GTP rank from the fused attention's side outputs --------------------------------------------------

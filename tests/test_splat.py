@@ -8,8 +8,9 @@ import imtok_cuda
 import imtok_cuda.splat as splat
 from imtok_cuda.reference import splat as ref
 
-EMU = imtok_cuda.emulation_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "imtok_cuda_emu::splat_render", "CPU")
+# Emulation builds must register every splat op under imtok_cuda_emu: a lost registration fails
+# (test_emulated_ops_registered), it does not turn the emulated tests into skips.
+EMU = imtok_cuda.emulation_available()
 needs_emu = pytest.mark.skipif(not EMU, reason="built without IMTOK_EMULATE_CUDA=1")
 HAS_GPU = torch.cuda.is_available()
 
@@ -113,8 +114,20 @@ def test_empty_and_tiny(B, N, C, H, W):
     torch.testing.assert_close(out, ref.render(g, f, (H, W)))
     out.sum().backward()
     assert gg.grad.shape == g.shape and ff.grad.shape == f.shape
-    if EMU:
-        torch.testing.assert_close(emu_render(g, f, (H, W)), ref.render(g, f, (H, W)))
+
+
+@needs_emu
+@pytest.mark.parametrize("B,N,C,H,W", [(0, 3, 2, 4, 4), (2, 0, 2, 4, 4), (2, 3, 0, 4, 4), (2, 3, 2, 0, 5),
+                                       (2, 3, 2, 5, 0), (1, 1, 1, 1, 1)])
+def test_empty_and_tiny_emulated(B, N, C, H, W):
+    g, f = make_inputs(B, N, C, torch.float32)
+    torch.testing.assert_close(emu_render(g, f, (H, W)), ref.render(g, f, (H, W)))
+
+
+@needs_emu
+def test_emulated_ops_registered():
+    for op in ("splat_render", "splat_render_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"imtok_cuda_emu::{op}", "CPU"), op
 
 
 # ---- emulated CUDA kernels vs reference ----------------------------------------------------------------------
@@ -381,9 +394,17 @@ def test_bad_input():
         torch.ops.imtok_cuda.splat_render_backward(torch.zeros(2, 3, 8, 7), g, f, None, 8, 8, 3.0, None, False)
     with pytest.raises(ValueError, match="out"):
         torch.ops.imtok_cuda.splat_render_backward(torch.zeros(2, 3, 8, 8), g, f, None, 8, 8, 3.0, None, True)
-    if EMU:
-        with pytest.raises(ValueError, match="features"):
-            torch.ops.imtok_cuda_emu.splat_render(g, f[:, :3], 8, 8, 3.0, None, False)
+
+
+@needs_emu
+def test_bad_input_emulated():
+    g, f = make_inputs(2, 4, 3, torch.float32)
+    with pytest.raises(ValueError, match="features"):
+        torch.ops.imtok_cuda_emu.splat_render(g, f[:, :3], 8, 8, 3.0, None, False)
+    bad = g.clone()
+    bad[0, 1, 2] = 1.0
+    with pytest.raises(ValueError, match="rho"):  # value checks on every device, as the CPU kernel
+        torch.ops.imtok_cuda_emu.splat_render(bad, f, 8, 8, 3.0, None, False)
 
 
 # ---- real GPU -----------------------------------------------------------------------------------------------

@@ -762,6 +762,9 @@ def test_ema_update_more_dead_codes_than_rows_and_bad_input():
 try:
     from hypothesis import given, settings, strategies as st
 
+    _needs_emu = pytest.mark.skipif(not imtok_cuda.emulation_available(), reason="built without IMTOK_EMULATE_CUDA=1")
+
+    @_needs_emu
     @settings(max_examples=25, deadline=None)
     @given(levels=st.lists(st.integers(2, 9), min_size=1, max_size=6), n=st.integers(0, 70),
            scale=st.floats(0.1, 8.0), seed=st.integers(0, 2**16))
@@ -771,11 +774,11 @@ try:
         c, i = vq.fsq(z, levels)
         ac, ai = R.anchor_fsq(z, levels)
         assert torch.equal(c, ac) and torch.equal(i, ai)
-        if imtok_cuda.emulation_available():
-            ec, ei = torch.ops.imtok_cuda_emu.vq_fsq(z, levels)
-            assert torch.equal(ec, c) and torch.equal(ei, i)
+        ec, ei = torch.ops.imtok_cuda_emu.vq_fsq(z, levels)
+        assert torch.equal(ec, c) and torch.equal(ei, i)
         assert torch.equal(vq.fsq_indices_to_codes(i, levels), c)
 
+    @_needs_emu
     @settings(max_examples=20, deadline=None)
     @given(n=st.integers(0, 200), k=st.integers(1, 50), d=st.integers(1, 5), seed=st.integers(0, 2**16))
     def test_ema_stats_hypothesis_emulated(n, k, d, seed):
@@ -786,9 +789,8 @@ try:
         rc, rs = R.ema_stats(x, idx, k)
         assert torch.equal(counts, rc)
         torch.testing.assert_close(sums, rs)
-        if imtok_cuda.emulation_available():
-            ec, es = torch.ops.imtok_cuda_emu.vq_ema_stats(x, idx, k)
-            assert torch.equal(ec, counts) and torch.equal(es, sums)
+        ec, es = torch.ops.imtok_cuda_emu.vq_ema_stats(x, idx, k)
+        assert torch.equal(ec, counts) and torch.equal(es, sums)
 except ImportError:  # hypothesis is a test extra
     pass
 
@@ -799,3 +801,167 @@ def test_quantize_bf16_input_searches_in_the_codebook_precision():
     zq, idx, loss, info = vq.quantize(z, cb)
     assert torch.equal(idx, R.nearest(z.float(), cb))
     assert zq.dtype == torch.bfloat16
+
+
+# ================================ values against independent restatements ===================================
+# Each test restates the anchor's math inline (not via the code under test), so a plausible bug in the Python
+# layer (a forgotten normalization, a codebook read after its update, a result computed and dropped, a missing
+# smoothing term) changes a value the test compares.
+
+
+def _nearest64(x, cb):
+    """argmin_k |x - e_k|^2 in float64 with the lowest index on ties (argmin's rule)."""
+    x2, e = x.reshape(-1, x.shape[-1]).double(), cb.double()
+    d = (x2 * x2).sum(-1, keepdim=True) + (e * e).sum(-1)[None] - 2 * x2 @ e.t()
+    return d.argmin(-1).reshape(x.shape[:-1])
+
+
+@pytest.mark.parametrize("convention", ["llamagen", "taming"])
+def test_quantize_normalize_normalizes_both_sides(convention):
+    # codebook rows of very different norms: without normalizing the codebook the l2 search picks other codes
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    cb = torch.randn(40, 6, generator=gen, dtype=torch.float64) * torch.logspace(-1, 1, 40, dtype=torch.float64)[:, None]
+    zq, idx, loss, info = vq.quantize(z, cb, normalize=True, convention=convention, beta=0.25)
+    zn = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cn = cb / cb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    ridx = _nearest64(zn, cn)
+    assert not torch.equal(ridx, _nearest64(zn, cb)), "the test input must tell the two codebooks apart"
+    assert torch.equal(idx, ridx)
+    torch.testing.assert_close(zq, cn[ridx], rtol=0, atol=1e-12)
+    m = ((cn[ridx] - zn) ** 2).mean()
+    want = (1 + 0.25) * m  # both conventions: 1.25 * mse at these weights
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+
+
+def test_vector_quantizer_normalize_values():
+    from imtok_cuda.nn.quantizers import VectorQuantizer
+
+    m = VectorQuantizer(6, 40, normalize=True, ema=False).double()
+    with torch.no_grad():
+        m.embed.mul_(torch.logspace(-1, 1, 40, dtype=torch.float64)[:, None])
+    z = torch.randn(5, 7, 6, dtype=torch.float64)
+    zq, idx, loss, _ = m(z)
+    zn = z / z.norm(dim=-1, keepdim=True)
+    cn = m.embed.detach() / m.embed.detach().norm(dim=-1, keepdim=True)
+    assert torch.equal(idx, _nearest64(zn, cn))
+    torch.testing.assert_close(zq, cn[idx], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.5, 3.0])
+def test_ema_update_laplace_smoothing_values(eps):
+    # a large eps and fp64 make the smoothing term visible (at eps = 1e-5 it hides in fp32 rounding)
+    K, D, decay = 6, 3, 0.7
+    gen = torch.Generator().manual_seed(5)
+    embed = torch.randn(K, D, generator=gen, dtype=torch.float64)
+    cs = torch.rand(K, generator=gen, dtype=torch.float64)
+    ea = torch.randn(K, D, generator=gen, dtype=torch.float64)
+    x = torch.randn(20, D, generator=gen, dtype=torch.float64)
+    idx = torch.tensor([0, 0, 1, 2, 2, 2, 0, 1, 1, 2, 0, 0, 1, 2, 0, 0, 2, 1, 1, 0])  # codes 3..5 unused
+    cs0, ea0 = cs.clone(), ea.clone()
+    vq.ema_update_(embed, cs, ea, x, idx, decay=decay, eps=eps)
+    # restated: vector-quantize-pytorch EuclideanCodebook (ema_inplace + laplace_smoothing)
+    counts = torch.zeros(K, dtype=torch.float64).index_add_(0, idx, torch.ones(20, dtype=torch.float64))
+    sums = torch.zeros(K, D, dtype=torch.float64).index_add_(0, idx, x)
+    cs_new = cs0 * decay + counts * (1 - decay)
+    ea_new = ea0 * decay + sums * (1 - decay)
+    n = cs_new.sum()
+    smoothed = (cs_new + eps) / (n + K * eps) * n
+    torch.testing.assert_close(cs, cs_new, rtol=1e-14, atol=0)
+    torch.testing.assert_close(ea, ea_new, rtol=1e-14, atol=0)
+    torch.testing.assert_close(embed, ea_new / smoothed[:, None], rtol=1e-13, atol=0)
+    assert not torch.allclose(embed, ea_new / cs_new[:, None], rtol=1e-3), "smoothing must be visible here"
+
+
+def test_vector_quantizer_ema_module_values():
+    from imtok_cuda.nn.quantizers import VectorQuantizer
+
+    m = VectorQuantizer(4, 8, ema=True, decay=0.6, eps=0.25).double()
+    z = torch.randn(30, 4, dtype=torch.float64)
+    e0, cs0, ea0 = m.embed.clone(), m.cluster_size.clone(), m.embed_avg.clone()
+    zq, idx, loss, info = m(z)
+    ridx = _nearest64(z, e0)
+    assert torch.equal(idx, ridx)
+    torch.testing.assert_close(zq, e0[ridx], rtol=0, atol=1e-12)  # the old codebook's rows (straight-through)
+    torch.testing.assert_close(loss, ((e0[ridx] - z) ** 2).mean(), rtol=1e-12, atol=0)  # vqtorch, weight 1
+    counts = torch.bincount(ridx, minlength=8).double()
+    sums = torch.zeros(8, 4, dtype=torch.float64).index_add_(0, ridx, z)
+    cs = cs0 * 0.6 + counts * 0.4
+    ea = ea0 * 0.6 + sums * 0.4
+    n = cs.sum()
+    torch.testing.assert_close(m.embed, ea / ((cs + 0.25) / (n + 8 * 0.25) * n)[:, None], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_residual_vq_module_values(ema):
+    """Each level quantizes the residual with the codebook as it was before the level's own EMA update."""
+    from imtok_cuda.nn.quantizers import ResidualVQ
+
+    m = ResidualVQ(5, 12, num_quantizers=3, ema=ema, decay=0.5).double()
+    z = torch.randn(4, 6, 5, dtype=torch.float64)
+    old = [layer.codebook.detach().clone() for layer in m.layers]
+    out, idx, losses, info = m(z)
+    resid, total = z.clone(), torch.zeros_like(z)
+    for lvl, cb in enumerate(old):
+        ri = _nearest64(resid, cb)
+        assert torch.equal(idx[..., lvl], ri), f"level {lvl}"
+        q = cb[ri]
+        total = total + q
+        resid = resid - q
+    torch.testing.assert_close(out, total, rtol=0, atol=1e-12)
+    if ema:  # the update happened, and it is what the output must not have used
+        assert not torch.allclose(m.layers[0].codebook, old[0])
+
+
+def test_vector_quantizer_perturbed_codes_reach_zq():
+    from imtok_cuda.nn.quantizers import VectorQuantizer
+    from imtok_cuda.reference import vq as RV
+
+    pert = {"alpha": 1.0, "beta": 0.5, "delta": 20}
+    m = VectorQuantizer(4, 64, ema=False, perturbation=pert).double()
+    z = torch.randn(8, 12, 4, dtype=torch.float64)
+    torch.manual_seed(11)
+    zq, idx, loss, info = m(z)
+    torch.manual_seed(11)  # the same draws, through the reference protocol
+    new = RV.latent_perturbation(z, m.embed.detach(), idx, **pert)
+    assert int((new != idx).sum()) == info["num_perturbed"] > 0
+    torch.testing.assert_close(zq, m.embed.detach()[new], rtol=0, atol=1e-12)
+    # the straight-through gradient still reaches z
+    zz = z.clone().requires_grad_()
+    torch.manual_seed(11)
+    m(zz)[0].sum().backward()
+    assert torch.equal(zz.grad, torch.ones_like(zz))
+
+
+def test_residual_vq_function_levels_use_detached_residual_values():
+    z = torch.randn(3, 4, 6, dtype=torch.float64)
+    cbs = torch.randn(2, 9, 6, dtype=torch.float64)
+    out, idx, losses, _ = vq.residual_vq(z, cbs)
+    r0 = _nearest64(z, cbs[0])
+    r1 = _nearest64(z - cbs[0][r0], cbs[1])
+    assert torch.equal(idx[..., 0], r0) and torch.equal(idx[..., 1], r1)
+    torch.testing.assert_close(out, cbs[0][r0] + cbs[1][r1], rtol=0, atol=1e-12)
+    l0 = 1.25 * ((cbs[0][r0] - z) ** 2).mean()
+    l1 = 1.25 * ((cbs[1][r1] - (z - cbs[0][r0])) ** 2).mean()
+    torch.testing.assert_close(losses, torch.stack([l0, l1]), rtol=1e-12, atol=0)
+
+
+def test_quantize_defaults_info_and_batched_normalize_values():
+    """Default beta (0.25, llamagen), the info losses, normalize over the last dim of a batched z, a 1-D z."""
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64)
+    cb = torch.randn(30, 6, generator=gen, dtype=torch.float64) * torch.logspace(-1, 1, 30, dtype=torch.float64)[:, None]
+    zq, idx, loss, info = vq.quantize(z, cb, normalize=True)
+    zn = z / z.norm(dim=-1, keepdim=True)
+    cn = cb / cb.norm(dim=-1, keepdim=True)
+    assert torch.equal(idx, _nearest64(zn, cn))
+    m = ((cn[idx] - zn) ** 2).mean()
+    torch.testing.assert_close(loss, m + 0.25 * m, rtol=1e-12, atol=0)  # llamagen: codebook + 0.25 commitment
+    torch.testing.assert_close(info["commitment_loss"], m, rtol=1e-12, atol=0)
+    torch.testing.assert_close(info["codebook_loss"], m, rtol=1e-12, atol=0)
+    torch.testing.assert_close(vq.quantize_loss(zn, cn[idx])[0], 1.25 * m, rtol=1e-12, atol=0)  # its default beta
+    zq1, idx1, _, _ = vq.quantize(z[0, 0], cb)  # a single vector [D]
+    assert idx1.shape == () and int(idx1) == int(_nearest64(z[0, 0][None], cb)[0])
+    torch.testing.assert_close(zq1, cb[idx1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="metric"):
+        vq.nearest_indices(z, cb, "dot")

@@ -186,7 +186,16 @@ void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, in
       T* srow = Sp + r * n;
       const int64_t nvalid =
           std::max<int64_t>(0, std::min<int64_t>(n, visible_keys(p.causal, q0 + r, sg.nq, sg.nk) - k0));
-      const T mx = rowk::add_mask_max<T>(srow, add ? add + k0 : nullptr, nvalid, n);
+      if (std::isnan(l[r])) {  // poisoned by an earlier chunk
+        std::fill(srow, srow + n, T(0));
+        continue;
+      }
+      T mx = rowk::add_mask_max<T>(srow, add ? add + k0 : nullptr, nvalid, n);
+      if (rowk::fix_nonfinite<T>(srow, add ? add + k0 : nullptr, nvalid, &mx)) {  // NaN / +inf score: poisoned
+        l[r] = std::numeric_limits<T>::quiet_NaN();
+        std::fill(srow, srow + n, T(0));
+        continue;
+      }
       const T mnew = std::max(m[r], mx);
       if (mnew == rowk::neg_inf<T>()) {
         std::fill(srow, srow + n, T(0));
@@ -206,7 +215,10 @@ void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, in
   T* out_p = out + (bh * Nq + sg.qo + q0) * d;
   T* lse_p = lse + bh * Nq + sg.qo + q0;
   for (int64_t r = 0; r < M; ++r) {
-    if (l[r] > T(0)) {
+    if (std::isnan(l[r])) {
+      for (int64_t c = 0; c < d; ++c) out_p[r * d + c] = std::numeric_limits<T>::quiet_NaN();
+      lse_p[r] = std::numeric_limits<T>::quiet_NaN();
+    } else if (l[r] > T(0)) {
       const T inv = T(1) / l[r];
       for (int64_t c = 0; c < d; ++c) out_p[r * d + c] = O[r * d + c] * inv;
       lse_p[r] = m[r] + std::log(l[r]);
@@ -220,11 +232,17 @@ void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, in
     T* crow = cls + bh * Nk + sg.ko;
     const T inv = T(1) / l[0];
     for (int64_t j = 0; j < last_n; ++j) crow[j] = Sp[j] * inv;
+  } else if (cls && q0 == 0 && M > 0 && std::isnan(l[0])) {
+    rowk::poisoned_probs<T>(add, visible_keys(p.causal, 0, sg.nq, sg.nk), sg.nk, cls + bh * Nk + sg.ko, false);
   }
   if (col) {
     T* c = col + bh * Nk + sg.ko;
     const int64_t r0 = std::max<int64_t>(col_lo - q0, 0), r1 = std::min<int64_t>(col_hi - q0, M);
     for (int64_t r = r0; r < r1; ++r) {
+      if (std::isnan(l[r])) {
+        rowk::poisoned_probs<T>(add, visible_keys(p.causal, q0 + r, sg.nq, sg.nk), sg.nk, c, true);
+        continue;
+      }
       if (!(l[r] > T(0))) continue;
       const T inv = T(1) / l[r];
       const T* srow = Sp + r * last_n;
@@ -287,6 +305,12 @@ void cls_kernel(const Problem& p, const Tensors<T>& in, const T* lse, T* cls) {
       const int64_t h = it % H, bh = sg.b * H + h;
       T* row = cls + bh * Nk + sg.ko;
       const T l0 = sg.nq > 0 ? lse[bh * Nq + sg.qo] : rowk::neg_inf<T>();
+      const int64_t nvalid = visible_keys(p.causal, 0, sg.nq, sg.nk);
+      const T* add = in.add ? in.add + sg.b * Nk + sg.ko : nullptr;
+      if (std::isnan(l0)) {  // poisoned CLS row
+        rowk::poisoned_probs<T>(add, nvalid, sg.nk, row, false);
+        continue;
+      }
       if (!(l0 > rowk::neg_inf<T>())) {
         std::fill(row, row + sg.nk, T(0));
         continue;
@@ -294,8 +318,7 @@ void cls_kernel(const Problem& p, const Tensors<T>& in, const T* lse, T* cls) {
       const T* q0 = in.q + (bh * Nq + sg.qo) * d;
       const T* K = in.k + (bh * Nk + sg.ko) * d;
       scores<T>(q0, K, 1, sg.nk, d, scale, row);
-      const int64_t nvalid = visible_keys(p.causal, 0, sg.nq, sg.nk);
-      const T* add = in.add ? in.add + sg.b * Nk + sg.ko : nullptr;
+      rowk::zero_masked_scores<T>(row, add, nvalid);
       std::vector<T> tmp(sg.nk, T(0));
       rowk::exp_accum<T>(row, add, nvalid, l0, tmp.data());
       std::copy(tmp.begin(), tmp.end(), row);
@@ -332,9 +355,14 @@ void colsum_kernel(const Problem& p, const Tensors<T>& in, const T* lse, int64_t
         scores<T>(Q, K, nqc, nkb, d, scale, S.data());
         for (int64_t r = 0; r < nqc; ++r) {
           const T l = lse[bh * Nq + sg.qo + i0 + r];
-          if (!(l > rowk::neg_inf<T>())) continue;
           const int64_t nvalid =
               std::max<int64_t>(0, std::min<int64_t>(nkb, visible_keys(p.causal, i0 + r, sg.nq, sg.nk) - k0));
+          if (std::isnan(l)) {  // a poisoned query row: NaN into every column it sees
+            rowk::poisoned_probs<T>(add, nvalid, nkb, c, true);
+            continue;
+          }
+          if (!(l > rowk::neg_inf<T>())) continue;
+          rowk::zero_masked_scores<T>(S.data() + r * nkb, add, nvalid);
           rowk::exp_accum<T>(S.data() + r * nkb, add, nvalid, l, c);
         }
       }

@@ -196,6 +196,54 @@ __attribute__((target("avx512f,avx512dq"))) inline void softmax_grad_avx512(floa
 #pragma GCC diagnostic pop
 #endif  // IMTOK_ATTN_X86
 
+// ---- non-finite scores (see imtok_cuda.reference.attention: "Non-finite values") -------------------
+// After add_mask_max: a masked key (add = -inf) whose score came out NaN (NaN / inf in its k row) is set back to
+// -inf: a masked key is never read. Returns true when an unmasked visible score is NaN or +inf: the row is
+// poisoned (out and lse NaN). When a masked score was repaired, *m is recomputed (the max may have seen it).
+template <typename T>
+inline bool fix_nonfinite(T* s, const T* add, int64_t nvalid, T* m) {
+  const T inf = std::numeric_limits<T>::infinity();
+  int any = 0;
+  for (int64_t j = 0; j < nvalid; ++j) any |= !(s[j] < inf);  // NaN or +inf (vectorizable)
+  if (!any) return false;
+  bool bad = false, fixed = false;
+  for (int64_t j = 0; j < nvalid; ++j) {
+    if (s[j] < inf) continue;
+    if (add && add[j] == neg_inf<T>()) {
+      s[j] = neg_inf<T>();
+      fixed = true;
+    } else {
+      bad = true;
+    }
+  }
+  if (fixed && !bad) {
+    T mm = neg_inf<T>();
+    for (int64_t j = 0; j < nvalid; ++j) mm = s[j] > mm ? s[j] : mm;
+    *m = mm;
+  }
+  return bad;
+}
+
+// Raw scores of masked keys (add = -inf) set to 0 before s + add is formed elsewhere (exp_accum): a NaN in a
+// masked key's k row then gives exp(-inf) = 0, not NaN.
+template <typename T>
+inline void zero_masked_scores(T* s, const T* add, int64_t nvalid) {
+  if (!add) return;
+  for (int64_t j = 0; j < nvalid; ++j)
+    if (add[j] == neg_inf<T>()) s[j] = T(0);
+}
+
+// The probabilities of a poisoned row (lse NaN): NaN at the visible unmasked keys, 0 elsewhere; `accumulate`
+// adds them (column sums) instead of storing them.
+template <typename T>
+inline void poisoned_probs(const T* add, int64_t nvalid, int64_t n, T* out, bool accumulate) {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = (j < nvalid && !(add && add[j] == neg_inf<T>())) ? nan : T(0);
+    out[j] = accumulate ? out[j] + v : v;
+  }
+}
+
 // ---- dispatch ------------------------------------------------------------------------------------
 template <typename T>
 inline T add_mask_max(T* s, const T* add, int64_t nvalid, int64_t n) {

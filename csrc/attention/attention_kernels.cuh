@@ -41,6 +41,28 @@ __device__ __forceinline__ acc_t warp_max(acc_t x) {
   for (int off = 16; off > 0; off >>= 1) x = imtok_max(x, __shfl_xor_sync(0xffffffffu, x, off));
   return x;
 }
+// Non-finite scores (imtok_cuda.reference.attention, "Non-finite values"): a NaN-propagating max, and a row
+// maximum of +inf turned into NaN, so that a NaN or +inf score poisons its row (out and lse NaN) on every path
+// instead of being dropped by a max that ignores NaN.
+template <typename acc_t>
+IMTOK_HD acc_t nan_max(acc_t a, acc_t b) {
+  return b != b ? b : (a != a ? a : imtok_max(a, b));
+}
+template <typename acc_t>
+IMTOK_HD acc_t poison_inf(acc_t m) {
+  return m == acc_t(INFINITY) ? acc_t(NAN) : m;
+}
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_max_nan(acc_t x) {
+  for (int off = 16; off > 0; off >>= 1) x = nan_max(x, __shfl_xor_sync(0xffffffffu, x, off));
+  return x;
+}
+// A masked key: key_mask False or key_bias -inf (add = -inf). Nothing of it is read.
+template <typename acc_t>
+IMTOK_HD bool masked_key(const acc_t* add, int64_t j) {
+  return add != nullptr && add[j] == acc_t(-INFINITY);
+}
+
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t x) {
   for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
@@ -124,7 +146,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = tid; e < kBM * kBN; e += kThreads) {
       const int r = e / kBN, j = e % kBN;
       acc_t s = neg_inf_v<acc_t>();
-      if (r < M && j < n && k0 + j < visible(causal, q0 + r, sg.nq, sg.nk)) {
+      if (r < M && j < n && k0 + j < visible(causal, q0 + r, sg.nq, sg.nk) && !masked_key(addb, k0 + j)) {
         s = dot_smem<acc_t>(sQ, r * ld, sK, j * ld, d) * scale;
         if (addb) s += addb[k0 + j];
       }
@@ -134,7 +156,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int t = 0; t < kRowsPerWarp; ++t) {
       const int r = warp * kRowsPerWarp + t;
       const acc_t s = sS[r * kBN + lane];
-      const acc_t mnew = imtok_max(m_r[t], warp_max(s));
+      const acc_t mnew = poison_inf(nan_max(m_r[t], warp_max_nan(s)));  // NaN: poisoned row
       acc_t p = 0, alpha = 1;
       if (mnew != neg_inf_v<acc_t>()) {
         p = imtok_exp(s - mnew);
@@ -165,13 +187,14 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (orow < M) {
     const acc_t l = sL[orow];
-    const acc_t inv = l > acc_t(0) ? acc_t(1) / l : acc_t(0);
+    const bool none = l == acc_t(0);  // no visible key (NaN l: a poisoned row, out and lse NaN)
+    const acc_t inv = none ? acc_t(0) : acc_t(1) / l;
     const int64_t row = bh * Nq + sg.qo + q0 + orow;
     for (int t = 0; t < kOutChunks; ++t) {
       const int c = osub + t * kOutThreadsPerRow;
-      if (c < d) out[row * d + c] = static_cast<scalar_t>(o[t] * inv);
+      if (c < d) out[row * d + c] = static_cast<scalar_t>(l != l ? acc_t(NAN) : o[t] * inv);
     }
-    if (osub == 0) lse[row] = l > acc_t(0) ? sM[orow] + imtok_log(l) : neg_inf_v<acc_t>();
+    if (osub == 0) lse[row] = none ? neg_inf_v<acc_t>() : (l != l ? acc_t(NAN) : sM[orow] + imtok_log(l));
   }
 }
 
@@ -188,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bh = sg.b * H + h;
   const acc_t l0 = sg.nq > 0 ? lse[bh * Nq + sg.qo] : neg_inf_v<acc_t>();
   acc_t p = 0;
-  if (l0 != neg_inf_v<acc_t>() && j < visible(causal, 0, sg.nq, sg.nk)) {
+  if (l0 != neg_inf_v<acc_t>() && j < visible(causal, 0, sg.nq, sg.nk) && !masked_key(add, sg.b * Nk + sg.ko + j)) {
     const scalar_t* q0 = q + (bh * Nq + sg.qo) * d;
     const scalar_t* kj = k + (bh * Nk + sg.ko + j) * d;
     acc_t s = 0;
@@ -236,10 +259,11 @@ __global__ void __launch_bounds__(kThreads)
       const int r = e / kBN, j = e % kBN;
       const acc_t l = sLse[r];
       acc_t p = 0;
-      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk)) {
+      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk) &&
+          !masked_key(addb, j)) {
         acc_t s = dot_smem<acc_t>(sQ, r * ld, sK, j * ld, d) * scale;
         if (addb) s += addb[j];
-        p = imtok_exp(s - l);
+        p = imtok_exp(s - l);  // NaN for a poisoned row (lse NaN)
       }
       sS[e] = p;
     }

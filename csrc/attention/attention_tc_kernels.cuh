@@ -152,19 +152,19 @@ __global__ void __launch_bounds__(kTcThreads)
     float tmax = -INFINITY;
     for (int jj = 0; jj < kTcBN / 2; ++jj) {
       const int j = half * (kTcBN / 2) + jj;
-      if (j < n && k0 + j < vis) {
+      if (j < n && k0 + j < vis && !masked_key(addb, k0 + j)) {
         float s = sS[r * L.lds + j] * scale;
         if (addb) s += addb[k0 + j];
-        tmax = imtok_max(tmax, s);
+        tmax = nan_max(tmax, s);
       }
     }
-    tmax = imtok_max(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-    const float mnew = imtok_max(m_run, tmax);
+    tmax = nan_max(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    const float mnew = poison_inf(nan_max(m_run, tmax));  // NaN: a poisoned row (out and lse NaN)
     float rowsum = 0.f;
     for (int jj = 0; jj < kTcBN / 2; ++jj) {
       const int j = half * (kTcBN / 2) + jj;
       float p = 0.f;
-      if (mnew != -INFINITY && j < n && k0 + j < vis) {
+      if (mnew != -INFINITY && j < n && k0 + j < vis && !masked_key(addb, k0 + j)) {
         float s = sS[r * L.lds + j] * scale;
         if (addb) s += addb[k0 + j];
         p = imtok_exp(s - mnew);  // exp(-inf) = 0 for a masked key
@@ -186,10 +186,12 @@ __global__ void __launch_bounds__(kTcThreads)
   }
 
   if (r < M) {
-    const float inv = l_run > 0.f ? 1.f / l_run : 0.f;
+    const bool none = l_run == 0.f, poisoned = l_run != l_run;
+    const float inv = none ? 0.f : 1.f / l_run;
     const int64_t row = bh * Nq + sg.qo + q0 + r;
-    for (int c = c_lo; c < c_hi && c < d; ++c) out[row * d + c] = static_cast<scalar_t>(sO[r * L.ldo + c] * inv);
-    if (half == 0) lse[row] = l_run > 0.f ? m_run + imtok_log(l_run) : -INFINITY;
+    for (int c = c_lo; c < c_hi && c < d; ++c)
+      out[row * d + c] = static_cast<scalar_t>(poisoned ? NAN : sO[r * L.ldo + c] * inv);
+    if (half == 0) lse[row] = none ? -INFINITY : (poisoned ? NAN : m_run + imtok_log(l_run));
   }
 #endif
 }
@@ -246,8 +248,9 @@ __global__ void __launch_bounds__(kTcThreads)
     for (int rr = 0; rr < kTcBM / 2; ++rr) {
       const int r = rh * (kTcBM / 2) + rr;
       const float l = sLse[r];
-      if (r < M && j < n && l != -INFINITY && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk))
-        acc += imtok_exp(sS[r * lds + j] * scale + addj - l);  // exp(-inf) = 0 for a masked key
+      if (r < M && j < n && l != -INFINITY && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk) &&
+          addj != -INFINITY)  // a masked key is never read
+        acc += imtok_exp(sS[r * lds + j] * scale + addj - l);  // NaN for a poisoned row (lse NaN)
     }
   }
   if (rh == 1) sPart[j] = acc;

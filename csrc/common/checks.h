@@ -4,6 +4,11 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
 
 namespace imtok {
 
@@ -45,6 +50,32 @@ inline void check_size(const at::Tensor& t, int64_t dim, int64_t want, const cha
 inline void check_device_type(const at::Tensor& t, c10::DeviceType want, const char* name) {
   TORCH_CHECK_VALUE(t.device().type() == want, name, " must be a ", c10::DeviceTypeName(want, true),
                     " tensor, got ", t.device());
+}
+
+// Size arithmetic on user-given sizes in checked int64: an overflow raises ValueError naming what was computed
+// ("s*s", "h*w*s*s"), never wraps to a bogus size (a wrapped size once reached the kernels as h*w = 4).
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows<int64_t>(a, b, &r), what, " overflows int64 (", a, " * ", b, ")");
+  return r;
+}
+
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  TORCH_CHECK_VALUE(!c10::add_overflows<int64_t>(a, b, &r), what, " overflows int64 (", a, " + ", b, ")");
+  return r;
+}
+
+// A float parameter that must be finite (scale, alpha, eps, temperature ...): NaN / inf is an error, not a
+// silently non-finite result.
+inline void check_finite_param(double v, const char* name) {
+  TORCH_CHECK_VALUE(std::isfinite(v), name, " must be finite, got ", v);
+}
+
+// Host copy of a (small) index tensor for value checks. On CUDA this is a device-to-host copy, i.e. a
+// synchronisation: the price of validating plans before any kernel runs, on every device.
+inline at::Tensor host_contiguous(const at::Tensor& t) {
+  return t.device().is_cpu() ? t.contiguous() : t.to(c10::Device(c10::kCPU)).contiguous();
 }
 
 }  // namespace imtok

@@ -315,14 +315,6 @@ std::tuple<Tensor, Tensor, Tensor> tome_match_cpu(const Tensor& metric_, int64_t
   return {src, dst, unm};
 }
 
-void check_positions(const Tensor& p, const char* name, int64_t T) {
-  check_dtype(p, c10::kLong, name);
-  check_dim(p, 1, name);
-  const int64_t* d = p.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < p.size(0); ++i)
-    TORCH_CHECK_VALUE(d[i] >= 0 && d[i] < T, name, "[", i, "] = ", d[i], " is out of range [0, ", T, ")");
-}
-
 std::tuple<Tensor, Tensor, Tensor> random2d_match_cpu(const Tensor& metric_, const Tensor& a_idx_,
                                                       const Tensor& b_idx_, int64_t r) {
   check_metric(metric_);
@@ -331,10 +323,13 @@ std::tuple<Tensor, Tensor, Tensor> random2d_match_cpu(const Tensor& metric_, con
   const int64_t B = metric.size(0), T = metric.size(1);
   check_device_type(a_idx, c10::DeviceType::CPU, "a_idx");
   check_device_type(b_idx, c10::DeviceType::CPU, "b_idx");
-  check_positions(a_idx, "a_idx", T);
-  check_positions(b_idx, "b_idx", T);
+  check_dtype(a_idx, c10::kLong, "a_idx");
+  check_dtype(b_idx, c10::kLong, "b_idx");
+  check_dim(a_idx, 1, "a_idx");
+  check_dim(b_idx, 1, "b_idx");
   const int64_t Na = a_idx.size(0), Nb = b_idx.size(0);
   TORCH_CHECK_VALUE(Na + Nb == T, "a_idx and b_idx must split the ", T, " tokens of metric, got ", Na, " + ", Nb);
+  check_split_values(a_idx, b_idx, T);
   TORCH_CHECK_VALUE(Nb > 0 || Na == 0, "b_idx must not be empty");
   r = std::max<int64_t>(0, std::min<int64_t>(r, Na));
   auto opts = metric.options().dtype(c10::kLong);
@@ -349,15 +344,9 @@ std::tuple<Tensor, Tensor, Tensor> random2d_match_cpu(const Tensor& metric_, con
 // tomesd's destination choice -> (a_idx, b_idx) via the argsort of the -1 (dst) / 0 (src) buffer.
 std::tuple<Tensor, Tensor> random2d_split_cpu(const Tensor& rand_idx_, int64_t h, int64_t w, int64_t sx,
                                               int64_t sy) {
-  TORCH_CHECK_VALUE(h > 0 && w > 0, "h and w must be positive, got h=", h, ", w=", w);
-  TORCH_CHECK_VALUE(sx > 0 && sy > 0, "sx and sy must be positive, got sx=", sx, ", sy=", sy);
-  check_dtype(rand_idx_, c10::kLong, "rand_idx");
+  const SplitDims sd = check_random2d_split_args(rand_idx_, h, w, sx, sy);
   check_device_type(rand_idx_, c10::DeviceType::CPU, "rand_idx");
-  const int64_t hsy = h / sy, wsx = w / sx;
-  TORCH_CHECK_VALUE(rand_idx_.numel() == hsy * wsx && rand_idx_.dim() >= 2 && rand_idx_.size(0) == hsy &&
-                        rand_idx_.size(1) == wsx,
-                    "rand_idx must have shape [h // sy, w // sx(, 1)] = [", hsy, ", ", wsx, "], got ",
-                    rand_idx_.sizes());
+  const int64_t hsy = sd.hsy, wsx = sd.wsx;
   const Tensor rand_idx = rand_idx_.contiguous();
   const int64_t* ri = rand_idx.const_data_ptr<int64_t>();
   std::vector<std::pair<int64_t, int64_t>> buf(h * w);
@@ -450,32 +439,12 @@ Plan make_plan(const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_i
   if (a_idx.has_value()) {
     p.apos_t = a_idx->contiguous();
     p.bpos_t = b_idx->contiguous();
-    check_positions(p.apos_t, "a_idx", p.d.T);
-    check_positions(p.bpos_t, "b_idx", p.d.T);
+    check_split_values(p.apos_t, p.bpos_t, p.d.T);
     p.apos = p.apos_t.const_data_ptr<int64_t>();
     p.bpos = p.bpos_t.const_data_ptr<int64_t>();
   }
-  const int64_t B = p.d.B, r = p.d.r, Nb = p.d.Nb, Na = p.d.Na, U = p.d.U;
-  for (int64_t i = 0; i < B * r; ++i) {
-    TORCH_CHECK_VALUE(p.src_p[i] >= 0 && p.src_p[i] < Na, "src_idx holds ", p.src_p[i], ", out of range [0, ", Na,
-                      ")");
-    TORCH_CHECK_VALUE(p.dst_p[i] >= 0 && p.dst_p[i] < Nb, "dst_idx holds ", p.dst_p[i], ", out of range [0, ", Nb,
-                      ")");
-  }
-  for (int64_t i = 0; i < B * U; ++i)
-    TORCH_CHECK_VALUE(p.unm_p[i] >= 0 && p.unm_p[i] < Na, "unm_idx holds ", p.unm_p[i], ", out of range [0, ", Na,
-                      ")");
-  {  // src_idx and unm_idx must partition the source set: every token then belongs to exactly one output row
-    std::vector<char> seen(Na);
-    for (int64_t b = 0; b < B; ++b) {
-      std::fill(seen.begin(), seen.end(), 0);
-      for (int64_t k = 0; k < r; ++k) seen[p.src_p[b * r + k]]++;
-      for (int64_t k = 0; k < U; ++k) seen[p.unm_p[b * U + k]]++;
-      for (int64_t i = 0; i < Na; ++i)
-        TORCH_CHECK_VALUE(seen[i] == 1, "src_idx and unm_idx must together hold every source row once; row ", i,
-                          " of batch ", b, " appears ", int(seen[i]), " times");
-    }
-  }
+  check_plan_values(p.d, p.src, p.dst, p.unm);
+  const int64_t B = p.d.B, r = p.d.r, Nb = p.d.Nb;
   p.off.assign(B * (Nb + 1), 0);
   p.lst.resize(B * r);
   for (int64_t b = 0; b < B; ++b) {

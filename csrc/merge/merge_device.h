@@ -89,6 +89,7 @@ inline std::tuple<Tensor, Tensor, Tensor> random2d_match(const Tensor& metric, c
   check_same_device(metric, "metric", b_idx_, "b_idx");
   const int64_t T = metric.size(1), Na = a_idx_.size(0), Nb = b_idx_.size(0);
   TORCH_CHECK_VALUE(Na + Nb == T, "a_idx and b_idx must split the ", T, " tokens of metric, got ", Na, " + ", Nb);
+  merge::check_split_values(host_contiguous(a_idx_), host_contiguous(b_idx_), T);  // before the kernel reads them
   r = std::max<int64_t>(0, std::min<int64_t>(r, Na));
   const Tensor a_idx = a_idx_.contiguous(), b_idx = b_idx_.contiguous();
   return bipartite_match(metric, &a_idx, &b_idx, Na, Nb, r, false, false);
@@ -135,6 +136,10 @@ inline DevPlanHolder make_plan(const Tensor& src_idx, const Tensor& dst_idx, con
     h.apos = a_idx->contiguous();
     h.bpos = b_idx->contiguous();
   }
+  // The kernels assume a valid plan (every token in exactly one output row): validated on the host before any
+  // kernel runs, with the CPU path's checks and messages (a device-to-host copy of the index tensors on CUDA).
+  if (a_idx.has_value()) merge::check_split_values(host_contiguous(h.apos), host_contiguous(h.bpos), h.d.T);
+  merge::check_plan_values(h.d, host_contiguous(h.src), host_contiguous(h.dst), host_contiguous(h.unm));
   IMTOK_DEVICE_GUARD(src_idx);
   auto stream = IMTOK_CURRENT_STREAM();
   auto iopts = src_idx.options().dtype(c10::kInt);

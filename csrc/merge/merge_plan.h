@@ -10,6 +10,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+#include <vector>
+
 #include "common/checks.h"
 
 namespace imtok {
@@ -17,6 +20,7 @@ namespace merge {
 
 struct PlanDims {
   int64_t B = 0, T = 0, Na = 0, Nb = 0, r = 0, U = 0;
+  std::string tokens_from;  // ToMe: which tensor's token / row count set T (named when an index does not fit)
   int64_t tout() const { return U + Nb; }
 };
 
@@ -73,6 +77,8 @@ inline void resolve_tokens(PlanDims& d, int64_t T, const char* xname) {
                       " source-set rows (src_idx + unm_idx); expected ceil(T / 2)");
     d.T = T;
     d.Nb = T / 2;
+    d.tokens_from = std::string(" (the layout comes from ") + xname + ", which has " + std::to_string(T) +
+                    " tokens: does " + xname + " match the plan?)";
   } else {
     TORCH_CHECK_VALUE(T == d.T, xname, " has ", T, " tokens but the plan covers ", d.T);
   }
@@ -86,9 +92,77 @@ inline void resolve_merged_rows(PlanDims& d, int64_t rows, const char* yname) {
                       d.U, " unmerged and ", d.Na, " source-set rows");
     d.Nb = nb;
     d.T = d.Na + nb;
+    d.tokens_from = std::string(" (the layout comes from ") + yname + ", which has " + std::to_string(rows) +
+                    " rows: does " + yname + " match the plan?)";
   } else {
     TORCH_CHECK_VALUE(rows == d.tout(), yname, " has ", rows, " rows but the plan merges to ", d.tout());
   }
+}
+
+// tomesd's split (host tensors): every position in [0, T), and a_idx, b_idx together hold every token once.
+// (Na + Nb == T is checked by the callers.) Overlapping sets would leave output rows unwritten.
+inline void check_split_values(const at::Tensor& a_idx, const at::Tensor& b_idx, int64_t T) {
+  std::vector<char> seen(static_cast<size_t>(std::max<int64_t>(T, 0)), 0);
+  auto one = [&](const at::Tensor& t, const char* name) {
+    const int64_t* p = t.const_data_ptr<int64_t>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+      TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < T, name, "[", i, "] = ", p[i], " is out of range [0, ", T, ")");
+      TORCH_CHECK_VALUE(!seen[p[i]], name, "[", i, "] = ", p[i], " repeats a token already in a_idx / b_idx: ",
+                        "a_idx and b_idx must split the ", T, " tokens (disjoint, each token once)");
+      seen[p[i]] = 1;
+    }
+  };
+  one(a_idx, "a_idx");
+  one(b_idx, "b_idx");
+}
+
+// The plan's values (host tensors, contiguous): indices in range, src_idx and unm_idx a partition of the source
+// rows in every batch. What every kernel (CPU and device) assumes; checked before any of them runs.
+inline void check_plan_values(const PlanDims& d, const at::Tensor& src, const at::Tensor& dst,
+                              const at::Tensor& unm) {
+  const int64_t *sp = src.const_data_ptr<int64_t>(), *dp = dst.const_data_ptr<int64_t>(),
+                *up = unm.const_data_ptr<int64_t>();
+  const int64_t B = d.B, r = d.r, U = d.U, Na = d.Na, Nb = d.Nb;
+  for (int64_t i = 0; i < B * r; ++i) {
+    TORCH_CHECK_VALUE(sp[i] >= 0 && sp[i] < Na, "src_idx holds ", sp[i], ", out of range [0, ", Na, ")");
+    TORCH_CHECK_VALUE(dp[i] >= 0 && dp[i] < Nb, "dst_idx holds ", dp[i], ", out of range [0, ", Nb, ")",
+                      d.tokens_from);
+  }
+  for (int64_t i = 0; i < B * U; ++i)
+    TORCH_CHECK_VALUE(up[i] >= 0 && up[i] < Na, "unm_idx holds ", up[i], ", out of range [0, ", Na, ")");
+  std::vector<char> seen(static_cast<size_t>(Na));
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t k = 0; k < r; ++k) seen[sp[b * r + k]]++;
+    for (int64_t k = 0; k < U; ++k) seen[up[b * U + k]]++;
+    for (int64_t i = 0; i < Na; ++i)
+      TORCH_CHECK_VALUE(seen[i] == 1, "src_idx and unm_idx must together hold every source row once; row ", i,
+                        " of batch ", b, " appears ", int(seen[i]), " times");
+  }
+}
+
+// tomesd's random2d_split: sizes in checked int64 (h * w = 2**64 once wrapped to 0 and crashed).
+struct SplitDims {
+  int64_t hsy = 0, wsx = 0, n = 0, nd = 0;
+};
+inline SplitDims check_random2d_split_args(const at::Tensor& rand_idx, int64_t h, int64_t w, int64_t sx,
+                                           int64_t sy) {
+  TORCH_CHECK_VALUE(h > 0 && w > 0, "h and w must be positive, got h=", h, ", w=", w);
+  TORCH_CHECK_VALUE(sx > 0 && sy > 0, "sx and sy must be positive, got sx=", sx, ", sy=", sy);
+  check_dtype(rand_idx, c10::kLong, "rand_idx");
+  SplitDims s;
+  s.hsy = h / sy;
+  s.wsx = w / sx;
+  s.n = checked_mul(h, w, "h*w");
+  s.nd = checked_mul(s.hsy, s.wsx, "(h // sy)*(w // sx)");
+  checked_mul(sx, sy, "sx*sy");
+  TORCH_CHECK_VALUE(rand_idx.numel() == s.nd && rand_idx.dim() >= 2 && rand_idx.size(0) == s.hsy &&
+                        rand_idx.size(1) == s.wsx,
+                    "rand_idx must have shape [h // sy, w // sx(, 1)] = [", s.hsy, ", ", s.wsx, "], got ",
+                    rand_idx.sizes());
+  // the kernel sorts h*w keys on the host: refuse what cannot be a token grid rather than fail to allocate
+  TORCH_CHECK_VALUE(s.n <= (int64_t(1) << 40), "h*w = ", s.n, " tokens is too large");
+  return s;
 }
 
 inline void check_x(const at::Tensor& x, const char* name, const PlanDims& d, const at::Tensor& plan_ref) {

@@ -7,6 +7,7 @@
 #include <c10/util/string_view.h>
 
 #include <cmath>
+#include <vector>
 
 #include "common/checks.h"
 
@@ -176,12 +177,32 @@ inline void check_cls_attn_inputs(const at::Tensor& q, const at::Tensor& k) {
   TORCH_CHECK_VALUE(k.size(2) >= 1, "k must hold at least the CLS key (k.shape[2] >= 1), got shape ", k.sizes());
 }
 
-// Value checks (CPU only: reading device memory would sync): indices in [lo, hi).
-inline void check_index_range_cpu(const at::Tensor& t, int64_t lo, int64_t hi, const char* name) {
-  const at::Tensor c = t.contiguous();
-  const int64_t* p = c.data_ptr<int64_t>();
-  for (int64_t i = 0, n = c.numel(); i < n; ++i)
+// Value checks of index tensors, before any kernel runs, on every device (on CUDA: a device-to-host copy of
+// the index tensor, i.e. a synchronisation): indices in [lo, hi); with unique_rows, no index twice in a row
+// (the last dimension), which kernels that invert the index map assume (a duplicate kept index in the EViT
+// backward once dropped a gradient term).
+inline void check_index_values(const at::Tensor& t, int64_t lo, int64_t hi, const char* name,
+                               bool unique_rows = false) {
+  const at::Tensor c = host_contiguous(t);
+  const int64_t* p = c.const_data_ptr<int64_t>();
+  const int64_t n = c.numel();
+  for (int64_t i = 0; i < n; ++i)
     TORCH_CHECK_VALUE(p[i] >= lo && p[i] < hi, name, " values must be in [", lo, ", ", hi, "), got ", p[i]);
+  if (!unique_rows || n == 0) return;
+  const int64_t w = c.size(-1), rows = n / w;
+  std::vector<char> seen(static_cast<size_t>(hi - lo), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < w; ++k) {
+      const int64_t v = p[r * w + k] - lo;
+      TORCH_CHECK_VALUE(!seen[v], name, " must not repeat an index within a row: row ", r, " holds ", v + lo,
+                        " twice");
+      seen[v] = 1;
+    }
+    for (int64_t k = 0; k < w; ++k) seen[p[r * w + k] - lo] = 0;
+  }
+}
+inline void check_index_range_cpu(const at::Tensor& t, int64_t lo, int64_t hi, const char* name) {
+  check_index_values(t, lo, hi, name);
 }
 
 }  // namespace prune

@@ -102,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> evit_keep_fuse_backward_cpu(const at::Tensor&
   const at::Tensor g = grad_out_.contiguous(), x = x_.contiguous(), cls_attn = cls_attn_.contiguous(),
                    kept = kept_.contiguous();
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), M = N - 1, left = kept.size(1);
-  prune::check_index_range_cpu(kept, 0, M, "kept_idx");
+  prune::check_index_values(kept, 0, M, "kept_idx", /*unique_rows=*/true);
   const int64_t Nout = left + 1 + (fuse ? 1 : 0);
   at::Tensor gx = at::empty_like(x);
   at::Tensor ga = at::empty_like(cls_attn);
@@ -278,6 +278,7 @@ std::tuple<at::Tensor, at::Tensor> gtp_graph_cpu(const at::Tensor& x_, c10::stri
 at::Tensor gtp_propagate_cpu(const at::Tensor& x_, const at::Tensor& kept_, const at::Tensor& prop_,
                              const at::Tensor& nbr_idx_, const at::Tensor& nbr_w_, double alpha) {
   prune::check_gtp_propagate_inputs(x_, kept_, prop_, nbr_idx_, nbr_w_);
+  check_finite_param(alpha, "alpha");
   check_device_type(x_, c10::DeviceType::CPU, "x");
   const at::Tensor x = x_.contiguous(), kept = kept_.contiguous(), prop = prop_.contiguous(),
                    nbr_idx = nbr_idx_.contiguous(), nbr_w = nbr_w_.contiguous();
@@ -330,6 +331,7 @@ at::Tensor gtp_propagate_backward_cpu(const at::Tensor& grad_out_, const at::Ten
                                       const at::Tensor& nbr_idx_, const at::Tensor& nbr_w_, double alpha,
                                       int64_t num_tokens) {
   prune::check_gtp_propagate_backward_inputs(grad_out_, kept_, prop_, nbr_idx_, nbr_w_, num_tokens);
+  check_finite_param(alpha, "alpha");
   check_device_type(grad_out_, c10::DeviceType::CPU, "grad_out");
   const at::Tensor g = grad_out_.contiguous(), kept = kept_.contiguous(), prop = prop_.contiguous(),
                    nbr_idx = nbr_idx_.contiguous(), nbr_w = nbr_w_.contiguous();
@@ -385,7 +387,7 @@ std::tuple<at::Tensor, at::Tensor> gtp_graph_select_cpu(const at::Tensor& nbr_id
   check_device_type(nbr_idx_, c10::DeviceType::CPU, "nbr_idx");
   const at::Tensor nbr_idx = nbr_idx_.contiguous(), nbr_w = nbr_w_.contiguous(), kept = kept_.contiguous();
   const int64_t B = nbr_idx.size(0), M = nbr_idx.size(1), K = nbr_idx.size(2), Nk = kept.size(1);
-  prune::check_index_range_cpu(kept, 1, M + 1, "kept_idx");
+  prune::check_index_values(kept, 1, M + 1, "kept_idx", /*unique_rows=*/true);
   prune::check_index_range_cpu(nbr_idx, -1, M, "nbr_idx");
   at::Tensor oi = at::empty({B, Nk, K}, nbr_idx.options());
   at::Tensor ow = at::empty({B, Nk, K}, nbr_w.options());
@@ -425,6 +427,7 @@ std::tuple<at::Tensor, at::Tensor> gtp_graph_select_cpu(const at::Tensor& nbr_id
 
 at::Tensor cls_attn_cpu(const at::Tensor& q_, const at::Tensor& k_, double scale) {
   prune::check_cls_attn_inputs(q_, k_);
+  check_finite_param(scale, "scale");
   check_device_type(q_, c10::DeviceType::CPU, "q");
   const at::Tensor q = q_.contiguous(), k = k_.contiguous();
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), N = k.size(2), M = N - 1;

@@ -71,6 +71,7 @@ inline std::tuple<at::Tensor, at::Tensor> evit_keep_fuse_backward_device(const a
   const at::Tensor g = grad_out_.contiguous(), x = x_.contiguous(), cls_attn = cls_attn_.contiguous(),
                    kept = kept_.contiguous();
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), M = N - 1, left = kept.size(1);
+  prune::check_index_values(kept, 0, M, "kept_idx", /*unique_rows=*/true);
   at::Tensor gx = at::empty_like(x);
   at::Tensor ga = at::empty_like(cls_attn);
   if (B == 0) return {gx, ga};
@@ -186,6 +187,10 @@ inline at::Tensor gtp_propagate_device(const at::Tensor& x_, const at::Tensor& k
                    nbr_idx = nbr_idx_.contiguous(), nbr_w = nbr_w_.contiguous();
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), M = N - 1, Nk = kept.size(1), P = prop.size(1);
   const int K = static_cast<int>(nbr_idx.size(2));
+  check_finite_param(alpha, "alpha");
+  prune::check_index_values(kept, 1, N, "kept_idx");
+  prune::check_index_values(prop, 1, N, "prop_idx");
+  prune::check_index_values(nbr_idx, -1, M, "nbr_idx");
   at::Tensor out = at::empty({B, Nk + 1, C}, x.options());
   if (B == 0 || C == 0) return out;
   prune_check_smem(M * int64_t(sizeof(int)), "prune_gtp_propagate");
@@ -212,6 +217,10 @@ inline at::Tensor gtp_propagate_backward_device(const at::Tensor& grad_out_, con
                    nbr_idx = nbr_idx_.contiguous(), nbr_w = nbr_w_.contiguous();
   const int64_t B = g.size(0), C = g.size(2), N = num_tokens, M = N - 1, Nk = kept.size(1), P = prop.size(1);
   const int K = static_cast<int>(nbr_idx.size(2));
+  check_finite_param(alpha, "alpha");
+  prune::check_index_values(kept, 1, N, "kept_idx");
+  prune::check_index_values(prop, 1, N, "prop_idx");
+  prune::check_index_values(nbr_idx, -1, M, "nbr_idx");
   at::Tensor gx;
   auto stream = IMTOK_CURRENT_STREAM();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "prune_gtp_propagate_backward", [&] {
@@ -239,6 +248,8 @@ inline std::tuple<at::Tensor, at::Tensor> gtp_graph_select_device(const at::Tens
   const at::Tensor nbr_idx = nbr_idx_.contiguous(), nbr_w = nbr_w_.contiguous(), kept = kept_.contiguous();
   const int64_t B = nbr_idx.size(0), M = nbr_idx.size(1), Nk = kept.size(1);
   const int K = static_cast<int>(nbr_idx.size(2));
+  prune::check_index_values(kept, 1, M + 1, "kept_idx", /*unique_rows=*/true);
+  prune::check_index_values(nbr_idx, -1, M, "nbr_idx");
   at::Tensor oi = at::empty({B, Nk, K}, nbr_idx.options());
   at::Tensor ow = at::empty({B, Nk, K}, nbr_w.options());
   if (B == 0 || Nk == 0 || K == 0) return {oi, ow};
@@ -255,6 +266,7 @@ inline std::tuple<at::Tensor, at::Tensor> gtp_graph_select_device(const at::Tens
 
 inline at::Tensor cls_attn_device(const at::Tensor& q_, const at::Tensor& k_, double scale) {
   prune::check_cls_attn_inputs(q_, k_);
+  check_finite_param(scale, "scale");
   check_device_type(q_, kPruneDevice, "q");
   IMTOK_DEVICE_GUARD(q_);
   const at::Tensor q = q_.contiguous(), k = k_.contiguous();

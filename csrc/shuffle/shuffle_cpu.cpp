@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "common/checks.h"
+#include "shuffle/shuffle_checks.h"
 #include "shuffle/shuffle_index.h"
 
 namespace imtok {
@@ -19,26 +20,6 @@ namespace shuffle {
 namespace {
 
 using at::Tensor;
-
-void check_grid(int64_t h, int64_t w, int64_t s) {
-  TORCH_CHECK_VALUE(h > 0 && w > 0, "h and w must be positive, got h=", h, ", w=", w);
-  TORCH_CHECK_VALUE(s > 0, "s must be positive, got ", s);
-}
-
-void check_fine(const Tensor& x, const char* name, int64_t h, int64_t w, int64_t s) {
-  check_floating(x, name);
-  check_dim(x, 3, name);
-  TORCH_CHECK_VALUE(x.size(1) == h * s * w * s, name, ".shape[1] must be (h s)(w s) = ", h * s * w * s,
-                    " tokens, got shape ", x.sizes());
-}
-
-void check_coarse(const Tensor& x, const char* name, int64_t h, int64_t w, int64_t s) {
-  check_floating(x, name);
-  check_dim(x, 3, name);
-  TORCH_CHECK_VALUE(x.size(1) == h * w, name, ".shape[1] must be h w = ", h * w, " tokens, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(2) % (s * s) == 0, name, ".shape[2] must be divisible by s*s = ", s * s,
-                    ", got shape ", x.sizes());
-}
 
 // copy between fine [B, T, D] and coarse [B, h w, s s D]; to_coarse chooses the direction
 void permute_rows(const Tensor& src, Tensor& dst, int64_t B, int64_t h, int64_t w, int64_t s, int64_t D,
@@ -61,38 +42,21 @@ void permute_rows(const Tensor& src, Tensor& dst, int64_t B, int64_t h, int64_t 
 }
 
 Tensor token_shuffle_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s) {
-  check_grid(h, w, s);
-  check_fine(x_, "x", h, w, s);
+  const ShuffleDims d = check_shuffle_args(x_, h, w, s, kTokenShuffle);
   const Tensor x = x_.contiguous();
-  const int64_t B = x.size(0), D = x.size(2);
-  Tensor y = at::empty({B, h * w, s * s * D}, x.options());
+  const int64_t B = d.B, D = d.D;
+  Tensor y = at::empty({B, d.Q, d.S * D}, x.options());
   if (y.numel()) permute_rows(x, y, B, h, w, s, D, true);
   return y;
 }
 
 Tensor token_unshuffle_cpu(const Tensor& y_, int64_t h, int64_t w, int64_t s) {
-  check_grid(h, w, s);
-  check_coarse(y_, "x", h, w, s);
+  const ShuffleDims d = check_shuffle_args(y_, h, w, s, kTokenUnshuffle);
   const Tensor y = y_.contiguous();
-  const int64_t B = y.size(0), D = y.size(2) / (s * s);
-  Tensor x = at::empty({B, h * s * w * s, D}, y.options());
+  const int64_t B = d.B, D = d.D;
+  Tensor x = at::empty({B, d.T, D}, y.options());
   if (x.numel()) permute_rows(y, x, B, h, w, s, D, false);
   return x;
-}
-
-void check_linear(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, int64_t in_features) {
-  check_floating(weight, "weight");
-  check_dim(weight, 2, "weight");
-  check_same_dtype(x, "x", weight, "weight");
-  check_same_device(x, "x", weight, "weight");
-  TORCH_CHECK_VALUE(weight.size(1) == in_features, "weight.shape[1] must be the input features ", in_features,
-                    ", got shape ", weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_same_dtype(x, "x", *bias, "bias");
-    check_dim(*bias, 1, "bias");
-    TORCH_CHECK_VALUE(bias->size(0) == weight.size(0), "bias must have ", weight.size(0), " entries, got shape ",
-                      bias->sizes());
-  }
 }
 
 // Row blocks of at most kBufferBytes: large, since every BLAS call wakes its thread pool (costly when loaded).
@@ -102,10 +66,8 @@ inline int64_t row_block(int64_t width, int64_t es) { return std::max<int64_t>(6
 // y = shuffle(x) @ weight^T + bias, gathering a block of coarse rows at a time.
 Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, const Tensor& weight_,
                           const c10::optional<Tensor>& bias_) {
-  check_grid(h, w, s);
-  check_fine(x_, "x", h, w, s);
-  const int64_t B = x_.size(0), D = x_.size(2), Q = h * w, K = s * s * D;
-  check_linear(x_, weight_, bias_, K);
+  const ShuffleDims d = check_shuffle_args(x_, h, w, s, kShuffleLinear, &weight_, bias_);
+  const int64_t B = d.B, D = d.D, Q = d.Q, K = d.K;
   const Tensor x = x_.contiguous();
   const Tensor wt = weight_.t();
   const bool has_bias = bias_.has_value() && bias_->defined();
@@ -138,15 +100,8 @@ Tensor shuffle_linear_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, con
 // y = unshuffle(x @ weight^T + bias): each block's product rows are scattered to their fine tokens.
 Tensor linear_unshuffle_cpu(const Tensor& x_, int64_t h, int64_t w, int64_t s, const Tensor& weight_,
                             const c10::optional<Tensor>& bias_) {
-  check_grid(h, w, s);
-  check_floating(x_, "x");
-  check_dim(x_, 3, "x");
-  TORCH_CHECK_VALUE(x_.size(1) == h * w, "x.shape[1] must be h w = ", h * w, " tokens, got shape ", x_.sizes());
-  check_linear(x_, weight_, bias_, x_.size(2));
-  const int64_t N = weight_.size(0);
-  TORCH_CHECK_VALUE(N % (s * s) == 0, "weight.shape[0] must be divisible by s*s = ", s * s, ", got shape ",
-                    weight_.sizes());
-  const int64_t B = x_.size(0), Q = h * w, D = N / (s * s), Kin = x_.size(2);
+  const ShuffleDims d = check_shuffle_args(x_, h, w, s, kLinearUnshuffle, &weight_, bias_);
+  const int64_t N = d.N, B = d.B, Q = d.Q, D = d.D, Kin = d.K;
   const Tensor x = x_.contiguous();
   const Tensor wt = weight_.t();
   const bool has_bias = bias_.has_value() && bias_->defined();

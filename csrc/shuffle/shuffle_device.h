@@ -8,6 +8,7 @@
 
 #include "common/checks.h"
 #include "common/device.h"
+#include "shuffle/shuffle_checks.h"
 #include "shuffle/shuffle_kernels.cuh"
 
 namespace imtok {
@@ -16,26 +17,10 @@ namespace shuffle_dev {
 
 using at::Tensor;
 
-inline void check_grid(int64_t h, int64_t w, int64_t s) {
-  TORCH_CHECK_VALUE(h > 0 && w > 0, "h and w must be positive, got h=", h, ", w=", w);
-  TORCH_CHECK_VALUE(s > 0, "s must be positive, got ", s);
-}
-
 inline Tensor permute(const Tensor& x_, int64_t h, int64_t w, int64_t s, bool to_coarse) {
-  check_grid(h, w, s);
-  check_floating(x_, "x");
-  check_dim(x_, 3, "x");
-  const int64_t S = s * s, Q = h * w;
-  int64_t D;
-  if (to_coarse) {
-    TORCH_CHECK_VALUE(x_.size(1) == Q * S, "x.shape[1] must be (h s)(w s) = ", Q * S, " tokens, got shape ",
-                      x_.sizes());
-    D = x_.size(2);
-  } else {
-    TORCH_CHECK_VALUE(x_.size(1) == Q, "x.shape[1] must be h w = ", Q, " tokens, got shape ", x_.sizes());
-    TORCH_CHECK_VALUE(x_.size(2) % S == 0, "x.shape[2] must be divisible by s*s = ", S, ", got shape ", x_.sizes());
-    D = x_.size(2) / S;
-  }
+  const shuffle::ShuffleDims d =
+      shuffle::check_shuffle_args(x_, h, w, s, to_coarse ? shuffle::kTokenShuffle : shuffle::kTokenUnshuffle);
+  const int64_t S = d.S, Q = d.Q, D = d.D;
   const Tensor x = x_.contiguous();
   const int64_t B = x.size(0);
   Tensor y = to_coarse ? at::empty({B, Q, S * D}, x.options()) : at::empty({B, Q * S, D}, x.options());
@@ -56,43 +41,11 @@ inline Tensor token_unshuffle(const Tensor& x, int64_t h, int64_t w, int64_t s) 
   return permute(x, h, w, s, false);
 }
 
-inline void check_linear(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias, int64_t kin) {
-  check_floating(weight, "weight");
-  check_dim(weight, 2, "weight");
-  check_same_dtype(x, "x", weight, "weight");
-  check_same_device(x, "x", weight, "weight");
-  TORCH_CHECK_VALUE(weight.size(1) == kin, "weight.shape[1] must be the input features ", kin, ", got shape ",
-                    weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_same_dtype(x, "x", *bias, "bias");
-    check_dim(*bias, 1, "bias");
-    TORCH_CHECK_VALUE(bias->size(0) == weight.size(0), "bias must have ", weight.size(0), " entries, got shape ",
-                      bias->sizes());
-  }
-}
-
 inline Tensor gemm(const Tensor& x_, int64_t h, int64_t w, int64_t s, const Tensor& weight_,
                    const c10::optional<Tensor>& bias_, int mode) {
-  check_grid(h, w, s);
-  check_floating(x_, "x");
-  check_dim(x_, 3, "x");
-  const int64_t S = s * s, Q = h * w, B = x_.size(0);
-  int64_t K, N, D;
-  if (mode == 0) {
-    TORCH_CHECK_VALUE(x_.size(1) == Q * S, "x.shape[1] must be (h s)(w s) = ", Q * S, " tokens, got shape ",
-                      x_.sizes());
-    D = x_.size(2);
-    K = S * D;
-    check_linear(x_, weight_, bias_, K);
-    N = weight_.size(0);
-  } else {
-    TORCH_CHECK_VALUE(x_.size(1) == Q, "x.shape[1] must be h w = ", Q, " tokens, got shape ", x_.sizes());
-    K = x_.size(2);
-    check_linear(x_, weight_, bias_, K);
-    N = weight_.size(0);
-    TORCH_CHECK_VALUE(N % S == 0, "weight.shape[0] must be divisible by s*s = ", S, ", got shape ", weight_.sizes());
-    D = N / S;
-  }
+  const shuffle::ShuffleDims d = shuffle::check_shuffle_args(
+      x_, h, w, s, mode == 0 ? shuffle::kShuffleLinear : shuffle::kLinearUnshuffle, &weight_, bias_);
+  const int64_t S = d.S, Q = d.Q, B = d.B, K = d.K, N = d.N, D = d.D;
   const Tensor x = x_.contiguous(), wgt = weight_.contiguous();
   const bool has_bias = bias_.has_value() && bias_->defined();
   const Tensor bias = has_bias ? bias_->contiguous() : Tensor();

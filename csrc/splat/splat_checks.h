@@ -38,6 +38,34 @@ inline void check_render_args(const at::Tensor& geometry, const at::Tensor& feat
   }
 }
 
+// Rejects geometry outside the model's domain (sigma > 0, |rho| < 1, finite mu) and lengths outside [0, N].
+template <typename T>
+void check_geometry_values(const T* g, const int64_t* len, int64_t B, int64_t N) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t nb = len ? len[b] : N;
+    TORCH_CHECK_VALUE(nb >= 0 && nb <= N, "lengths[", b, "] must be in [0, N=", N, "], got ", nb);
+    for (int64_t n = 0; n < nb; ++n) {
+      const T* t = g + (b * N + n) * 5;
+      TORCH_CHECK_VALUE(t[0] > T(0) && t[1] > T(0), "geometry: sigma_x and sigma_y must be positive, got (",
+                        t[0], ", ", t[1], ") at token [", b, ", ", n, "]");
+      TORCH_CHECK_VALUE(t[2] > T(-1) && t[2] < T(1), "geometry: rho must be in (-1, 1), got ", t[2],
+                        " at token [", b, ", ", n, "]");
+      TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(t[3])) && std::isfinite(static_cast<double>(t[4])),
+                        "geometry: mu must be finite, got (", t[3], ", ", t[4], ") at token [", b, ", ", n, "]");
+    }
+  }
+}
+
+// The same value checks for the device launchers, on a host copy (on CUDA: one device-to-host copy, a sync),
+// so that every device rejects what the CPU kernel rejects, before any kernel runs.
+inline void check_geometry_values(const at::Tensor& geometry, const c10::optional<at::Tensor>& lengths) {
+  const at::Tensor g = host_contiguous(geometry.to(c10::kDouble));
+  at::Tensor len;
+  if (lengths.has_value() && lengths->defined()) len = host_contiguous(lengths->to(c10::kLong));
+  check_geometry_values<double>(g.const_data_ptr<double>(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+                                g.size(0), g.size(1));
+}
+
 inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& geometry, const at::Tensor& features,
                                 const c10::optional<at::Tensor>& out, int64_t H, int64_t W, bool normalize) {
   check_dim(grad_out, 4, "grad_out");

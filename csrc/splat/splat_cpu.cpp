@@ -155,24 +155,6 @@ void backward(const T* g, const T* f, const int64_t* len, const T* gp, const T* 
   });
 }
 
-// Rejects geometry outside the model's domain (sigma > 0, |rho| < 1) and lengths outside [0, N].
-template <typename T>
-void check_values(const T* g, const int64_t* len, int64_t B, int64_t N) {
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t nb = len ? len[b] : N;
-    TORCH_CHECK_VALUE(nb >= 0 && nb <= N, "lengths[", b, "] must be in [0, N=", N, "], got ", nb);
-    for (int64_t n = 0; n < nb; ++n) {
-      const T* t = g + (b * N + n) * 5;
-      TORCH_CHECK_VALUE(t[0] > T(0) && t[1] > T(0), "geometry: sigma_x and sigma_y must be positive, got (",
-                        t[0], ", ", t[1], ") at token [", b, ", ", n, "]");
-      TORCH_CHECK_VALUE(t[2] > T(-1) && t[2] < T(1), "geometry: rho must be in (-1, 1), got ", t[2],
-                        " at token [", b, ", ", n, "]");
-      TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(t[3])) && std::isfinite(static_cast<double>(t[4])),
-                        "geometry: mu must be finite, got (", t[3], ", ", t[4], ") at token [", b, ", ", n, "]");
-    }
-  }
-}
-
 struct Prepared {
   at::Tensor g, f, len;
   c10::ScalarType acc;
@@ -185,8 +167,8 @@ Prepared prepare(const at::Tensor& geometry, const at::Tensor& features, const c
   p.f = features.to(p.acc).contiguous();
   if (lengths.has_value()) p.len = lengths->to(c10::kLong).contiguous();
   AT_DISPATCH_FLOATING_TYPES(p.g.scalar_type(), "splat_check_values", [&] {
-    check_values<scalar_t>(p.g.data_ptr<scalar_t>(), p.len.defined() ? p.len.data_ptr<int64_t>() : nullptr,
-                           p.g.size(0), p.g.size(1));
+    check_geometry_values<scalar_t>(p.g.data_ptr<scalar_t>(), p.len.defined() ? p.len.data_ptr<int64_t>() : nullptr,
+                                    p.g.size(0), p.g.size(1));
   });
   return p;
 }

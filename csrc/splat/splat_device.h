@@ -68,6 +68,7 @@ inline void launch_forward(const at::Tensor& g, const at::Tensor& f, const at::T
 inline at::Tensor render(const at::Tensor& geometry, const at::Tensor& features, int64_t H, int64_t W,
                          double box_sigma, const c10::optional<at::Tensor>& lengths, bool normalize) {
   imtok::splat::check_render_args(geometry, features, H, W, box_sigma, lengths);
+  imtok::splat::check_geometry_values(geometry, lengths);
   check_device_type(geometry, kDeviceType, "geometry");
   IMTOK_DEVICE_GUARD(geometry);
   const at::Tensor g = geometry.contiguous(), f = features.contiguous();
@@ -84,6 +85,7 @@ inline std::tuple<at::Tensor, at::Tensor> render_backward(const at::Tensor& grad
                                                           double box_sigma, const c10::optional<at::Tensor>& lengths,
                                                           bool normalize) {
   imtok::splat::check_render_args(geometry, features, H, W, box_sigma, lengths);
+  imtok::splat::check_geometry_values(geometry, lengths);
   imtok::splat::check_backward_args(grad_out, geometry, features, out, H, W, normalize);
   check_device_type(geometry, kDeviceType, "geometry");
   IMTOK_DEVICE_GUARD(geometry);

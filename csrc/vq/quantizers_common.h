@@ -60,7 +60,8 @@ inline void check_codebook_size(int64_t k, const char* name) {
   TORCH_CHECK_VALUE(k <= INT32_MAX, name, " must be < 2^31, got ", k);
 }
 
-inline void check_lfq(const at::Tensor& x, const char* name) {
+inline void check_lfq(const at::Tensor& x, const char* name, double value) {
+  check_finite_param(value, "value");
   check_floating(x, name);
   check_min_dim(x, 1, name);
   TORCH_CHECK_VALUE(x.size(-1) >= 1 && x.size(-1) <= 62, name, ".shape[-1] (bits per code) must be in [1, 62], got ",

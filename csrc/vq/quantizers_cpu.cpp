@@ -114,7 +114,7 @@ at::Tensor fsq_indices_to_codes_cpu(const at::Tensor& indices_in, c10::IntArrayR
 }
 
 std::tuple<at::Tensor, at::Tensor> lfq_cpu(const at::Tensor& x_in, double value) {
-  check_lfq(x_in, "x");
+  check_lfq(x_in, "x", value);
   check_device_type(x_in, c10::kCPU, "x");
   const at::Tensor x = x_in.contiguous();
   const int d = static_cast<int>(x.size(-1));

@@ -104,7 +104,7 @@ inline at::Tensor fsq_indices_to_codes(const at::Tensor& indices_in, c10::IntArr
 }
 
 inline std::tuple<at::Tensor, at::Tensor> lfq(const at::Tensor& x_in, double value) {
-  vqq::check_lfq(x_in, "x");
+  vqq::check_lfq(x_in, "x", value);
   IMTOK_DEVICE_GUARD(x_in);
   auto stream = IMTOK_CURRENT_STREAM();
   const at::Tensor x = x_in.contiguous();

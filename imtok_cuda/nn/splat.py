@@ -3,7 +3,8 @@
 GPSToken's token layout is [sigma_x, sigma_y, rho, mu_x, mu_y, f_1 .. f_C]. The network predicts raw values;
 ``geometry_from_logits`` maps them into the renderer's domain exactly as GPSToken's generator does:
 sigma = clamp(sigmoid(.), 1e-5, 0.99999), rho = clamp(2 sigmoid(.) - 1, +-0.99999),
-mu = clamp(2 sigmoid(.) - 1, +-0.99999). ``logits_from_geometry`` is its inverse (e.g. to start from
+mu = clamp(2 sigmoid(.) - 1, +-0.99999), with the bounds taken as min(0.99999, the dtype's largest value below 1)
+(0.99999 rounds to 1.0 in fp16 and bf16, which the renderer rightly rejects as |rho| = 1). ``logits_from_geometry`` is its inverse (e.g. to start from
 ``imtok_cuda.splat.entropy_partition``). ``GaussianSplatRenderer`` renders geometry + texture to [B, C, H, W].
 """
 import torch
@@ -19,14 +20,23 @@ SIGMA_MAX = 0.99999
 UNIT_MAX = 0.99999  # |rho| and |mu| bound
 
 
+def _below_one(dtype, bound):
+    """min(bound, the largest value of dtype below 1): a bound that stays < 1 once rounded to dtype."""
+    if not dtype.is_floating_point:
+        return bound
+    one = torch.ones((), dtype=dtype)
+    return min(bound, float(torch.nextafter(one, torch.zeros((), dtype=dtype))))
+
+
 def geometry_from_logits(raw):
     """Raw network outputs [..., 5] -> geometry [..., 5] = (sigma_x, sigma_y, rho, mu_x, mu_y) in the domain."""
     if raw.shape[-1] != 5:
         raise ValueError("raw must have 5 values in its last dimension, got shape {}".format(tuple(raw.shape)))
     s = torch.sigmoid(raw)
-    sigma = s[..., 0:2].clamp(SIGMA_MIN, SIGMA_MAX)
-    rho = (2 * s[..., 2:3] - 1).clamp(-UNIT_MAX, UNIT_MAX)
-    mu = (2 * s[..., 3:5] - 1).clamp(-UNIT_MAX, UNIT_MAX)
+    smax, umax = _below_one(raw.dtype, SIGMA_MAX), _below_one(raw.dtype, UNIT_MAX)
+    sigma = s[..., 0:2].clamp(SIGMA_MIN, smax)
+    rho = (2 * s[..., 2:3] - 1).clamp(-umax, umax)
+    mu = (2 * s[..., 3:5] - 1).clamp(-umax, umax)
     return torch.cat([sigma, rho, mu], dim=-1)
 
 
@@ -35,8 +45,9 @@ def logits_from_geometry(geometry):
     if geometry.shape[-1] != 5:
         raise ValueError("geometry must have 5 values in its last dimension, got shape {}".format(
             tuple(geometry.shape)))
-    sigma = geometry[..., 0:2].clamp(SIGMA_MIN, SIGMA_MAX)
-    unit = ((geometry[..., 2:5].clamp(-UNIT_MAX, UNIT_MAX)) + 1) / 2
+    smax, umax = _below_one(geometry.dtype, SIGMA_MAX), _below_one(geometry.dtype, UNIT_MAX)
+    sigma = geometry[..., 0:2].clamp(SIGMA_MIN, smax)
+    unit = ((geometry[..., 2:5].clamp(-umax, umax)) + 1) / 2
     return torch.cat([torch.logit(sigma), torch.logit(unit)], dim=-1)
 
 
@@ -59,7 +70,7 @@ class GaussianSplatRenderer(nn.Module):
 
     def __init__(self, size, box_sigma=3.0, normalize=False):
         super().__init__()
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.size = _splat._size(size)  # (H, W) of ints: TypeError naming size for 8.0 or "8"
         self.box_sigma = box_sigma
         self.normalize = normalize
 

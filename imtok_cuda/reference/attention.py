@@ -11,6 +11,16 @@ Conventions
   keys j <= i + (Nk - Nq). With Nq > Nk the first Nq - Nk queries see no key at all.
 - A query that sees no key (all keys masked, or causal with Nq > Nk) gets out = 0, lse = -inf and p = 0
   (FlashAttention's convention; a plain softmax would give NaN).
+- Non-finite values (decided once; the CPU and CUDA kernels follow it on every code path):
+  * a key is masked when key_mask is False, when it lies beyond the causal limit, or when key_bias is -inf;
+    nothing of a masked key is read: NaN / inf in its k row or key_bias never reaches any output.
+  * a query row whose scores over its visible keys contain NaN or +inf (NaN or inf in q, in a visible k row or
+    in key_bias; inf * 0 in the dot product; scores overflowing to inf) is poisoned: its out row and lse are NaN,
+    and its probabilities p are NaN at every visible key (0 at masked keys), so cls_attn / col_sum are NaN
+    wherever such a row contributes. A NaN never silently drops a key; -inf scores are an ordinary zero weight.
+  * NaN / inf in v reaches out through p * v as IEEE arithmetic gives (0 * NaN = NaN included), as in the
+    reference's p @ v; which zero-weight keys a kernel multiplies is not specified.
+  * The backward of a poisoned row is NaN / unspecified (not part of the contract).
 - Half-precision inputs (fp16/bf16) are computed in fp32 (scores, softmax, p @ v accumulate) and out is rounded
   to the input dtype once. fp32 inputs compute in fp32, fp64 in fp64.
 - Side outputs are in fp32 (fp64 for fp64 inputs):
@@ -46,9 +56,10 @@ def _dense(q, k, v, key_bias, key_mask, causal, scale, col_range):
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
     nq, nk = q.shape[-2], k.shape[-2]
     s = torch.einsum("bhid,bhjd->bhij", qa, ka) * scale
+    keep = torch.ones(q.shape[0], 1, nq, nk, dtype=torch.bool, device=q.device)
     if key_bias is not None:
         s = s + key_bias.to(acc)[:, None, None, :]
-    keep = torch.ones(q.shape[0], 1, nq, nk, dtype=torch.bool, device=q.device)
+        keep = keep & (key_bias != float("-inf"))[:, None, None, :]  # a -inf bias masks the key
     if key_mask is not None:
         keep = keep & key_mask[:, None, None, :]
     if causal:
@@ -56,10 +67,13 @@ def _dense(q, k, v, key_bias, key_mask, causal, scale, col_range):
         j = torch.arange(nk, device=q.device)[None, :]
         keep = keep & (j <= i + (nk - nq))
     s = s.masked_fill(~keep, float("-inf"))
+    poisoned = (torch.isnan(s) | (s == float("inf"))).any(dim=-1)  # NaN / +inf among the visible scores
     lse = torch.logsumexp(s, dim=-1)  # -inf for rows without a key
     finite = torch.isfinite(lse)
     p = torch.exp(s - torch.where(finite, lse, torch.zeros_like(lse))[..., None])
     p = torch.where(finite[..., None], p, torch.zeros_like(p))
+    p = torch.where(poisoned[..., None] & keep, torch.full_like(p, float("nan")), p)
+    lse = torch.where(poisoned, torch.full_like(lse, float("nan")), lse)
     out = torch.einsum("bhij,bhjd->bhid", p, va)
     return out, lse, p
 

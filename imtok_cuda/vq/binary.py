@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import vq_quantizers as _reference
+from .._args import as_float
 from ._qcommon import check_float
 
 __all__ = ["binary_quantize"]
@@ -20,6 +21,7 @@ __all__ = ["binary_quantize"]
 def binary_quantize(z: torch.Tensor, embedding: torch.Tensor | None = None, training: bool = False,
                     temperature: float = 1.0, generator: torch.Generator | None = None):
     check_float(z, "z")
+    temperature = as_float(temperature, "temperature")  # NaN / inf: ValueError (a NaN temperature gave NaN bits)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if embedding is not None:

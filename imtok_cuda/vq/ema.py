@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .._args import as_float, fcheck, fcheck_dim, fcheck_floating, fcheck_type
 from ._qcommon import acc_dtype, check_float, check_index
 
 __all__ = ["code_counts", "perplexity", "ema_stats", "ema_update_", "is_distributed"]
@@ -33,8 +34,8 @@ _ops = torch.ops.imtok_cuda
 def _check_k(k, name="K"):
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{name} must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"{name} must be >= 1, got {k}")
+    if not 1 <= k <= 2**31 - 1:
+        raise ValueError(f"{name} must be in [1, 2^31), got {k}")
 
 
 def code_counts(indices: torch.Tensor, K: int) -> torch.Tensor:
@@ -65,11 +66,22 @@ def ema_stats(x: torch.Tensor, indices: torch.Tensor, K: int):
 
 @torch.library.register_fake("imtok_cuda::vq_code_counts")
 def _counts_fake(indices, K):
+    fcheck_type(indices.dtype in (torch.int32, torch.int64), lambda: "indices must be int64 or int32, got %s" % (
+        indices.dtype,))
+    fcheck(1 <= K <= 2**31 - 1, lambda: "K must be in [1, 2^31), got %s" % K)
     return indices.new_empty((K,), dtype=torch.int64)
 
 
 @torch.library.register_fake("imtok_cuda::vq_ema_stats")
 def _ema_fake(x, indices, K):
+    fcheck_floating(x, "x")
+    fcheck_dim(x, 2, "x")
+    fcheck_type(indices.dtype in (torch.int32, torch.int64), lambda: "indices must be int64 or int32, got %s" % (
+        indices.dtype,))
+    fcheck_dim(indices, 1, "indices")
+    fcheck(indices.shape[0] == x.shape[0], lambda: "indices.shape[0] must equal x.shape[0] = %s, got shape %s" % (
+        x.shape[0], tuple(indices.shape)))
+    fcheck(1 <= K <= 2**31 - 1, lambda: "K must be in [1, 2^31), got %s" % K)
     return x.new_empty((K,), dtype=torch.int64), x.new_empty((K, x.shape[1]), dtype=acc_dtype(x.dtype))
 
 
@@ -84,8 +96,14 @@ def ema_update_(embed: torch.Tensor, cluster_size: torch.Tensor, embed_avg: torc
     """One EMA step on the buffers embed [K, D], cluster_size [K], embed_avg [K, D] (all updated in place) from
     the batch x [..., D] quantized with the old codebook to indices [...]. Returns a dict with the batch's
     (all-reduced) counts, the number of replaced dead codes and the replaced code ids."""
+    decay, eps = as_float(decay, "decay"), as_float(eps, "eps")
+    dead_threshold = as_float(dead_threshold, "dead_threshold")
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must be in [0, 1], got {decay}")
+    if not eps > 0:  # eps = 0 divides an unused code's zero embed_avg by a zero cluster size: NaN codes
+        raise ValueError(f"eps (the Laplace smoothing) must be positive, got {eps}")
+    if dead_threshold < 0:
+        raise ValueError(f"dead_threshold must be >= 0, got {dead_threshold}")
     K, D = embed.shape
     x2 = x.detach().reshape(-1, D)
     counts, sums = ema_stats(x2, indices.reshape(-1), K)

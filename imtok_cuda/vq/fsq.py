@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .._args import fcheck, fcheck_floating, fcheck_type
 from ._qcommon import acc_dtype, check_float, check_index, check_levels
 
 __all__ = ["fsq", "fsq_indices_to_codes", "fsq_codebook_size"]
@@ -48,19 +49,43 @@ def fsq_indices_to_codes(indices: torch.Tensor, levels) -> torch.Tensor:
 # ---- fake kernels and autograd ------------------------------------------------------------------------
 
 
+def _fake_levels(levels):
+    """csrc/vq/quantizers_common.h make_fsq_params restated."""
+    fcheck(len(levels) >= 1, "levels must not be empty")
+    fcheck(len(levels) <= 32, lambda: "levels may have at most 32 entries, got %d" % len(levels))
+    basis = 1
+    for j, L in enumerate(levels):
+        fcheck(2 <= L <= 65536, lambda: "levels[%d] must be in [2, 65536], got %s" % (j, L))
+        basis *= L
+        fcheck(basis <= 2**31 - 1, lambda: "prod(levels) must fit in int32 (indices are int32)")
+
+
+def _fake_fsq_input(z, levels, name="z"):
+    _fake_levels(levels)
+    fcheck_floating(z, name)
+    fcheck(z.dim() >= 1 and z.shape[-1] == len(levels), lambda: "%s.shape[-1] must equal len(levels) = %d, got "
+           "shape %s" % (name, len(levels), tuple(z.shape)))
+
+
 @torch.library.register_fake("imtok_cuda::vq_fsq")
 def _fsq_fake(z, levels):
-    torch._check(z.dim() >= 1 and z.shape[-1] == len(levels), lambda: "z.shape[-1] must equal len(levels)")
+    _fake_fsq_input(z, levels)
     return z.new_empty(z.shape, dtype=acc_dtype(z.dtype)), z.new_empty(z.shape[:-1], dtype=torch.int32)
 
 
 @torch.library.register_fake("imtok_cuda::vq_fsq_backward")
 def _fsq_backward_fake(grad_codes, z, levels):
+    _fake_fsq_input(z, levels)
+    fcheck_floating(grad_codes, "grad_codes")
+    fcheck(tuple(grad_codes.shape) == tuple(z.shape), lambda: "grad_codes must have the shape of z")
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("imtok_cuda::vq_fsq_indices_to_codes")
 def _fsq_i2c_fake(indices, levels):
+    _fake_levels(levels)
+    fcheck_type(indices.dtype in (torch.int32, torch.int64), lambda: "indices must be int64 or int32, got %s" % (
+        indices.dtype,))
     return indices.new_empty((*indices.shape, len(levels)), dtype=torch.float32)
 
 

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._args import as_bool, as_float, as_int, fcheck, fcheck_floating
 from ._qcommon import check_float
 
 __all__ = ["lfq_quantize", "lfq_value", "lfq_entropy", "lfq_per_sample_entropy", "lfq_codebook_entropy"]
@@ -36,9 +37,10 @@ _ops = torch.ops.imtok_cuda
 
 def lfq_value(d: int, scale: float = 1.0, spherical: bool = False) -> float:
     """|code entry|: scale for LFQ; for BSQ the anchor's l2norm(full(d, scale)) * scale, in fp32."""
+    scale = as_float(scale, "scale")
     if not spherical:
-        return float(scale)
-    v = torch.full((d,), float(scale), dtype=torch.float32)
+        return scale
+    v = torch.full((d,), scale, dtype=torch.float32)
     return float((F.normalize(v, dim=-1) * scale)[0])
 
 
@@ -46,6 +48,7 @@ def lfq_quantize(x: torch.Tensor, scale: float = 1.0, spherical: bool = False):
     """Returns (quantized [..., d] fp32 straight-through, indices [...] int64, x_used fp32), x_used being
     the input the codes are taken from (l2-normalized * scale for BSQ), which the entropy loss uses."""
     check_float(x, "x")
+    scale, spherical = as_float(scale, "scale"), as_bool(spherical, "spherical")
     if x.dim() < 1 or not 1 <= x.shape[-1] <= 62:
         raise ValueError(f"x.shape[-1] (bits per code) must be in [1, 62], got shape {tuple(x.shape)}")
     xf = x.float()
@@ -58,6 +61,10 @@ def lfq_quantize(x: torch.Tensor, scale: float = 1.0, spherical: bool = False):
 
 @torch.library.register_fake("imtok_cuda::vq_lfq")
 def _lfq_fake(x, value=1.0):
+    fcheck(math.isfinite(value), lambda: "value must be finite, got %s" % value)
+    fcheck_floating(x, "x")
+    fcheck(x.dim() >= 1 and 1 <= x.shape[-1] <= 62, lambda: "x.shape[-1] (bits per code) must be in [1, 62], got "
+           "shape %s" % (tuple(x.shape),))
     return x.new_empty(x.shape, dtype=torch.float32), x.new_empty(x.shape[:-1], dtype=torch.int64)
 
 
@@ -150,12 +157,22 @@ def _clamped_per_sample_sum(x2: torch.Tensor, a_scale: float, eps: float, tile: 
     return total
 
 
+def _entropy_params(inv_temperature, value, eps):
+    inv_temperature, value, eps = (as_float(inv_temperature, "inv_temperature"), as_float(value, "value"),
+                                   as_float(eps, "eps"))
+    if not eps > 0:
+        raise ValueError(f"eps (the log clamp) must be positive, got {eps}")
+    return inv_temperature, value, eps
+
+
 def lfq_per_sample_entropy(x: torch.Tensor, inv_temperature: float = 100.0, value: float = 1.0,
                            clamp: bool = True, eps: float = 1e-5, tile: int = 4096) -> torch.Tensor:
     """Mean over rows of the entropy of each row's distribution over the 2^d codes. clamp=True: the anchor's
     value, log(p) clamped at eps (exact, O(N 2^(d/2) d), no 2^d grid); clamp=False: the exact entropy, the
     sum of per-bit binary entropies H_b(sigmoid(4 T v x_j)) (O(N d)). Differentiable."""
     check_float(x, "x")
+    inv_temperature, value, eps = _entropy_params(inv_temperature, value, eps)
+    tile = as_int(tile, "tile")
     d = x.shape[-1]
     x2 = x.float().reshape(-1, d)
     a_scale = 4.0 * inv_temperature * value
@@ -176,6 +193,8 @@ def lfq_codebook_entropy(x: torch.Tensor, inv_temperature: float = 100.0, value:
     implicit codes, streamed over row tiles (no N x 2^d buffer). Differentiable. d <= 24 (the 2^d average
     itself is kept)."""
     check_float(x, "x")
+    inv_temperature, value, eps = _entropy_params(inv_temperature, value, eps)
+    tile = as_int(tile, "tile")
     d = x.shape[-1]
     if not 1 <= d <= 24:
         raise ValueError(f"x.shape[-1] must be in [1, 24] for the codebook entropy (2^d floats), got {d}")

@@ -7,6 +7,7 @@ distance matrix (extra memory O(N) plus a packed copy of the codebook), with tor
 import torch
 
 from .. import _loader  # noqa: F401  (loads the kernels)
+from .._args import as_float, as_int, fcheck, fcheck_dim, fcheck_floating
 from ..reference import vq as _reference
 
 _METRICS = ("l2", "cosine")
@@ -16,7 +17,7 @@ MAX_TOPK = 128
 def _check(x, codebook, metric):
     if not isinstance(x, torch.Tensor) or not isinstance(codebook, torch.Tensor):
         raise TypeError("x and codebook must be tensors")
-    if metric not in _METRICS:
+    if not isinstance(metric, str) or metric not in _METRICS:
         raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
     if codebook.dim() != 2:
         raise ValueError(f"codebook must have 2 dimensions [K, D], got shape {tuple(codebook.shape)}")
@@ -46,6 +47,7 @@ def nearest_topk(x, codebook, k, metric="l2"):
     """The k closest codes of every vector (k <= 128), ascending by distance, ties by lower index.
     Returns indices int64 [..., k] and distances [..., k]; column 0 equals nearest()."""
     _check(x, codebook, metric)
+    k = as_int(k, "k")
     if not 1 <= k <= min(MAX_TOPK, codebook.shape[0]):
         raise ValueError(f"k must be in [1, min(128, K={codebook.shape[0]})], got {k}")
     dist, idx = torch.ops.imtok_cuda.vq_nearest_topk(x, codebook, k, metric)
@@ -58,7 +60,15 @@ def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, me
     delta codes nearest to the continuous x (delta <= 128). Returns new indices; apply after the VQ losses.
     The reference's protocol and random draws, with the fused nearest_topk finding the candidates."""
     _check(x, codebook, metric)
-    if min(int(delta), codebook.shape[0]) > MAX_TOPK:
+    delta = as_int(delta, "delta")
+    alpha, beta = as_float(alpha, "alpha"), as_float(beta, "beta")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (the replacement probability) must be in [0, 1], got {alpha}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta (the perturbed fraction of the batch) must be in [0, 1], got {beta}")
+    if delta < 1:
+        raise ValueError(f"delta must be >= 1, got {delta}")
+    if min(delta, codebook.shape[0]) > MAX_TOPK:
         raise ValueError(f"delta must be <= {MAX_TOPK}, got {delta}")
     return _reference.latent_perturbation(x, codebook, indices, alpha, beta, delta, metric, generator,
                                           topk=nearest_topk)
@@ -69,23 +79,36 @@ def _dist_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _check_fake(x, codebook):
-    if x.device != codebook.device:
-        raise ValueError(f"x and codebook must be on the same device, got {x.device} and {codebook.device}")
+def _check_fake(x, codebook, metric="l2"):
+    """csrc/vq/vq_checks.h (parse_metric, check_nearest_inputs) restated, same exception types."""
+    fcheck(metric in _METRICS, lambda: 'metric must be "l2" or "cosine", got "%s"' % (metric,))
+    fcheck_floating(x, "x")
+    fcheck_floating(codebook, "codebook")
     if x.dtype != codebook.dtype:
         raise TypeError(f"x and codebook must have the same dtype, got {x.dtype} and {codebook.dtype}")
+    if x.device != codebook.device:
+        raise ValueError(f"x and codebook must be on the same device, got {x.device} and {codebook.device}")
+    fcheck_dim(codebook, 2, "codebook")
+    fcheck(x.dim() >= 1, lambda: "x must have at least 1 dimension(s), got shape %s" % (tuple(x.shape),))
+    fcheck(codebook.shape[0] >= 1, lambda: "codebook must hold at least one code, got shape %s" % (
+        tuple(codebook.shape),))
+    fcheck(x.shape[-1] == codebook.shape[1], lambda: "x.shape[-1] (%s) must equal codebook.shape[1] (%s)" % (
+        x.shape[-1], codebook.shape[1]))
 
 
 @torch.library.register_fake("imtok_cuda::vq_nearest")
 def _nearest_fake(x, codebook, metric="l2"):
-    _check_fake(x, codebook)
+    _check_fake(x, codebook, metric)
     shape = x.shape[:-1]
     return x.new_empty(shape, dtype=_dist_dtype(x)), x.new_empty(shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("imtok_cuda::vq_nearest_topk")
 def _nearest_topk_fake(x, codebook, k, metric="l2"):
-    _check_fake(x, codebook)
+    _check_fake(x, codebook, metric)
+    fcheck(1 <= k <= MAX_TOPK, lambda: "k must be in [1, %d], got %s" % (MAX_TOPK, k))
+    fcheck(k <= codebook.shape[0], lambda: "k (%s) must not exceed the number of codes in codebook (%s)" % (
+        k, codebook.shape[0]))
     shape = (*x.shape[:-1], k)
     return x.new_empty(shape, dtype=_dist_dtype(x)), x.new_empty(shape, dtype=torch.int64)
 
