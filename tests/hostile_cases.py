@@ -584,3 +584,69 @@ case("splat/logits_from_geometry_shape", "nns.logits_from_geometry(torch.rand(2,
 case("splat/split_tokens_short", "nns.split_tokens(torch.rand(2, 4))", E("ValueError", "tokens must have at least 5 values"))
 case("splat/renderer_float_size", "nns.GaussianSplatRenderer(8.0)(torch.rand(1, 2, 5) * 0.5, torch.rand(1, 2, 3))",
      E("TypeError", "size[0] (H) must be an integer"))
+
+# =============================================================================================================
+# sampling: shapes, dtypes, filters out of range, non-finite parameters, token ids and mask_len values
+# =============================================================================================================
+case("sampling/sample_1d_logits", "OPS.sampling_sample_logits(torch.randn(5))", E("ValueError", "logits"), RAW)
+case("sampling/sample_int_logits", "OPS.sampling_sample_logits(torch.ones(2, 5, dtype=torch.long))",
+     E("TypeError", "logits"), RAW)
+case("sampling/sample_empty_vocab", "OPS.sampling_sample_logits(torch.randn(2, 0))", E("ValueError", "logits"), RAW)
+case("sampling/sample_uncond_shape", "OPS.sampling_sample_logits(torch.randn(2, 5), torch.randn(2, 4))",
+     E("ValueError", "uncond_logits must have the shape of logits"), RAW)
+case("sampling/sample_top_k_over_V", "OPS.sampling_sample_logits(torch.randn(2, 5), top_k=6)",
+     E("ValueError", "top_k must be in [0, V]"), RAW)
+case("sampling/sample_top_k_negative", "OPS.sampling_sample_logits(torch.randn(2, 5), top_k=-1)",
+     E("ValueError", "top_k must be in [0, V]"), RAW)
+case("sampling/sample_top_p_zero", "OPS.sampling_sample_logits(torch.randn(2, 5), top_p=0.0)",
+     E("ValueError", "top_p must be in (0, 1]"), RAW)
+case("sampling/sample_temperature_nan", "OPS.sampling_sample_logits(torch.randn(2, 5), temperature=float('nan'))",
+     E("ValueError", "temperature must be finite"), RAW)
+case("sampling/sample_temperature_negative", "OPS.sampling_sample_logits(torch.randn(2, 5), temperature=-1.0)",
+     E("ValueError", "temperature must be >= 0"), RAW)
+case("sampling/sample_cfg_inf", "OPS.sampling_sample_logits(torch.randn(2, 5), torch.randn(2, 5), float('inf'))",
+     E("ValueError", "cfg_scale must be finite"), RAW)
+case("sampling/sample_greedy_matches_reference", """
+l = torch.randn(4, 33)
+result = torch.equal(OPS.sampling_sample_logits(l, temperature=0.0), l.argmax(-1))
+""", OK, VAL)
+case("sampling/maskgit_tokens_shape", """
+OPS.sampling_maskgit_step(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long), 5,
+                          torch.ones(2, dtype=torch.long))
+""", E("ValueError", "tokens"), RAW)
+case("sampling/maskgit_mask_len_float", """
+OPS.sampling_maskgit_step(torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), 5, torch.ones(2))
+""", E("TypeError", "mask_len"), RAW)
+case("sampling/maskgit_mask_len_over_N", """
+OPS.sampling_maskgit_step(torch.randn(2, 3, 5), torch.full((2, 3), 5), 5, torch.tensor([1, 4]))
+""", E("ValueError", "mask_len values must be in [0, N]"), VAL)
+case("sampling/maskgit_token_out_of_range", """
+OPS.sampling_maskgit_step(torch.randn(1, 3, 5), torch.tensor([[5, 7, 0]]), 5, torch.tensor([1]))
+""", E("ValueError", "tokens values must be mask_token_id"), VAL)
+case("sampling/maskgit_bad_form", """
+OPS.sampling_maskgit_step(torch.randn(1, 3, 5), torch.full((1, 3), 5), 5, torch.tensor([1]), cfg_form="cfg")
+""", E("ValueError", "cfg_form must be 'muse' or 'mdt'"), RAW)
+case("sampling/maskgit_zero_softmax_temperature", """
+OPS.sampling_maskgit_step(torch.randn(1, 3, 5), torch.full((1, 3), 5), 5, torch.tensor([1]),
+                          softmax_temperature=0.0)
+""", E("ValueError", "softmax_temperature must be > 0"), RAW)
+case("sampling/gsd_draft_shape", """
+OPS.sampling_gsd_verify(torch.zeros(1, 3, dtype=torch.long), torch.randn(1, 3, 6), torch.randn(1, 2, 6),
+                        torch.randn(6, 4))
+""", E("ValueError", "draft_logits must have shape [B, L, V]"), RAW)
+case("sampling/gsd_embedding_rows", """
+OPS.sampling_gsd_verify(torch.zeros(1, 3, dtype=torch.long), torch.randn(1, 3, 6), torch.randn(1, 3, 6),
+                        torch.randn(5, 4))
+""", E("ValueError", "embedding"), RAW)
+case("sampling/gsd_window_too_large", """
+OPS.sampling_gsd_verify(torch.zeros(1, 3, dtype=torch.long), torch.randn(1, 3, 6), torch.randn(1, 3, 6),
+                        torch.randn(6, 4), 65)
+""", E("ValueError", "window must be in [0, 64]"), RAW)
+case("sampling/gsd_draft_token_out_of_range", """
+OPS.sampling_gsd_verify(torch.tensor([[0, 6, 1]]), torch.randn(1, 3, 6), torch.randn(1, 3, 6), torch.randn(6, 4))
+""", E("ValueError", "draft_tokens values must be in [0, V)"), VAL)
+case("sampling/wrapper_top_k_float", "sampling.sample_logits(torch.randn(2, 5), top_k=2.0)",
+     E("TypeError", "top_k must be an int"))
+case("sampling/wrapper_mask_len_over_N", """
+sampling.maskgit_step(torch.randn(1, 3, 5), torch.full((1, 3), 5), 5, 4)
+""", E("ValueError", "mask_len"))

@@ -22,10 +22,11 @@ def main():
     import imtok_cuda
     import imtok_cuda.nn.quantizers as nnq
     import imtok_cuda.nn.splat as nns
-    from imtok_cuda import attention, merge, prune, shuffle, splat, vq
+    from imtok_cuda import attention, merge, prune, sampling, shuffle, splat, vq
     import imtok_cuda.reference.attention
     import imtok_cuda.reference.merge
     import imtok_cuda.reference.prune
+    import imtok_cuda.reference.sampling
     import imtok_cuda.reference.shuffle
     import imtok_cuda.reference.splat
     import imtok_cuda.reference.vq
@@ -55,7 +56,7 @@ def main():
         print(json.dumps({"start": case["id"]}), flush=True)
         variant = case["variant"]
         ns = dict(torch=torch, math=math, imtok_cuda=imtok_cuda, vq=vq, merge=merge, prune=prune, shuffle=shuffle,
-                  splat=splat, attention=attention, reference=reference, nnq=nnq, nns=nns,
+                  sampling=sampling, splat=splat, attention=attention, reference=reference, nnq=nnq, nns=nns,
                   OPS=emu_ops if variant == "emu" else torch.ops.imtok_cuda, result=True, close=close,
                   attn_vs_ref=attn_vs_ref)
         torch.manual_seed(0)

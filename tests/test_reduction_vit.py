@@ -202,6 +202,10 @@ def test_gtp_remove_restores_and_rejects():
     assert not hasattr(model, "_gtp_info") and all(type(b) is type(base.blocks[0]) for b in model.blocks)
     with pytest.raises(ValueError, match="one value per block"):
         apply_gtp(_timm_vit(), num_prop=[1, 2])
+    with pytest.raises(ValueError, match="num_prop must be >= 0"):
+        apply_gtp(_timm_vit(), num_prop=-3)
+    with pytest.raises(TypeError, match="num_prop must be an integer"):
+        apply_gtp(_timm_vit(), num_prop=2.0)
     with pytest.raises(ValueError, match="class token"):
         apply_gtp(_timm_vit(reg_tokens=1))
     with pytest.raises(ValueError, match="remove that patch first"):

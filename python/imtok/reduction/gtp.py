@@ -15,6 +15,7 @@ from torch import nn
 from imtok.layers.attention import self_attention
 from imtok.layers.switch import reference_enabled
 from imtok_cuda import prune as _fused
+from imtok_cuda._args import as_int
 from imtok_cuda.reference import prune as _reference
 
 from ._patch import check_no_mask, patch_class, prefix_layout, residual_branch, unpatch, vit_blocks
@@ -83,13 +84,16 @@ def apply_gtp(model: nn.Module, num_prop=8, graph_type: str = "spatial", num_nei
     props = [num_prop] * len(blocks) if isinstance(num_prop, int) else list(num_prop)
     if len(props) != len(blocks):
         raise ValueError(f"num_prop needs one value per block ({len(blocks)}), got {len(props)}")
+    props = [as_int(p, "num_prop") for p in props]
+    if min(props) < 0:
+        raise ValueError(f"num_prop must be >= 0 (tokens propagated per block), got {num_prop}")
     remove_gtp(model)
     info = {"graph_type": graph_type, "num_neighbours": int(num_neighbours), "alpha": float(alpha),
             "token_scale": bool(token_scale), "graph": None, "token_scales": None, "token_counts": []}
     model._gtp_info = info
     for i, (block, p) in enumerate(zip(blocks, props)):
         patch_class(block, _TAG, {"forward": _gtp_block_forward})
-        block._gtp_info, block._gtp_index, block._gtp_last, block._gtp_num_prop = info, i, len(blocks) - 1, int(p)
+        block._gtp_info, block._gtp_index, block._gtp_last, block._gtp_num_prop = info, i, len(blocks) - 1, p
     return model
 
 
