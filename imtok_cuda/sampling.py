@@ -106,9 +106,14 @@ def _check_int(v, name, lo=None, hi=None):
 
 
 def _check_filters(temperature, top_k, top_p, V):
+    """The checks of csrc/sampling/sampling_checks.h, with the same messages."""
     temperature = _check_real(temperature, "temperature", lo=0.0)
-    top_k = _check_int(top_k, "top_k", 0, V)
-    top_p = _check_real(top_p, "top_p", lo=0.0, lo_open=True, hi=1.0)
+    top_k = _check_int(top_k, "top_k")
+    if not 0 <= top_k <= V:
+        raise ValueError("top_k must be in [0, V] = [0, %d], got %d" % (V, top_k))
+    top_p = _check_real(top_p, "top_p")
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1], got %r" % (top_p,))
     return temperature, top_k, top_p
 
 
@@ -139,7 +144,7 @@ def _fake_check_sample(logits, uncond_logits, temperature, top_k, top_p):
 
 
 @torch.library.register_fake("imtok_cuda::sampling_sample_logits")
-def _sample_fake(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, seed):
+def _sample_fake(logits, uncond_logits=None, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0):
     _fake_check_sample(logits, uncond_logits, temperature, top_k, top_p)
     _check_real(cfg_scale, "cfg_scale")
     return logits.new_empty(logits.shape[0], dtype=torch.long)
@@ -194,8 +199,8 @@ def maskgit_step(logits, tokens, mask_token_id, mask_len, uncond_logits=None, gu
 
 
 @torch.library.register_fake("imtok_cuda::sampling_maskgit_step")
-def _maskgit_fake(logits, tokens, mask_token_id, mask_len, uncond_logits, guidance_scale, cfg_form,
-                  softmax_temperature, randomize_temperature, seed):
+def _maskgit_fake(logits, tokens, mask_token_id, mask_len, uncond_logits=None, guidance_scale=0.0, cfg_form="muse",
+                  softmax_temperature=1.0, randomize_temperature=0.0, seed=0):
     _check_logits(logits, "logits", 3)
     B, N, V = logits.shape
     _check_long(tokens, "tokens", (B, N), logits.device)
@@ -268,8 +273,8 @@ def gsd_verify(draft_tokens, target_logits, draft_logits, embedding, window=7, p
 
 
 @torch.library.register_fake("imtok_cuda::sampling_gsd_verify")
-def _gsd_fake(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold, dist_threshold,
-              temperature, top_k, top_p, seed):
+def _gsd_fake(draft_tokens, target_logits, draft_logits, embedding, window=7, prob_threshold=0.15,
+              dist_threshold=0.5, temperature=1.0, top_k=0, top_p=1.0, seed=0):
     _check_gsd(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold, dist_threshold,
                temperature, top_k, top_p)
     B = draft_tokens.shape[0]
