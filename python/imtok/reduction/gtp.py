@@ -81,7 +81,7 @@ def apply_gtp(model: nn.Module, num_prop=8, graph_type: str = "spatial", num_nei
     if not class_token or num_prefix != 1:
         raise ValueError(f"GTP-ViT needs exactly one prefix token, the class token (this model: class token "
                          f"{class_token}, {num_prefix} prefix tokens)")
-    props = [num_prop] * len(blocks) if isinstance(num_prop, int) else list(num_prop)
+    props = list(num_prop) if isinstance(num_prop, (list, tuple)) else [num_prop] * len(blocks)
     if len(props) != len(blocks):
         raise ValueError(f"num_prop needs one value per block ({len(blocks)}), got {len(props)}")
     props = [as_int(p, "num_prop") for p in props]
