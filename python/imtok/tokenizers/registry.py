@@ -1,0 +1,67 @@
+"""Named configurations: the published sizes of each family and a `-tiny` size that trains on CPU.
+
+    tok = imtok.tokenizers.create("titok-s-128")                 # random weights, published architecture
+    tok = imtok.tokenizers.create("one-d-piece-tiny", codebook_size=512)   # overrides replace config fields
+    imtok.tokenizers.available()                                 # {name: description}
+
+Published TiTok / One-D-Piece sizes use the single-stage pixel head here (the two-stage recipe needs the
+MaskGIT-VQGAN weights); create(..., head="legacy", legacy_reshape=True, pixel_decoder={}) builds the layout of
+the released two-stage checkpoints, which load_official builds by itself.
+"""
+from __future__ import annotations
+
+from .titok import MODEL_SIZES
+
+__all__ = ["create", "available", "REGISTRY"]
+
+
+def _titok(enc: str, dec: str, tokens: int, **extra) -> dict:
+    (ew, ed, eh), (dw, dd, dh) = MODEL_SIZES[enc], MODEL_SIZES[dec]
+    return {"image_size": 256, "patch_size": 16, "enc_width": ew, "enc_depth": ed, "enc_heads": eh,
+            "dec_width": dw, "dec_depth": dd, "dec_heads": dh, "num_latent_tokens": tokens, **extra}
+
+
+_TINY_VIT = {"image_size": 32, "patch_size": 4, "enc_width": 128, "enc_depth": 4, "enc_heads": 4,
+             "dec_width": 128, "dec_depth": 4, "dec_heads": 4, "codebook_size": 1024, "token_size": 12}
+
+# name -> (family, config fields, description)
+REGISTRY: dict[str, tuple[str, dict, str]] = {
+    "llamagen-vq16": ("vqgan", {}, "LlamaGen VQ-16: CNN ch 128 mult [1,1,2,2,4], 16384 x 8 l2-norm, 16x16 tokens @256"),
+    "llamagen-vq8": ("vqgan", {"encoder_ch_mult": (1, 2, 2, 4), "decoder_ch_mult": (1, 2, 2, 4)},
+                     "LlamaGen VQ-8: CNN ch 128 mult [1,2,2,4], 16384 x 8 l2-norm, 32x32 tokens @256"),
+    "vqgan-tiny": ("vqgan", {"ch": 32, "encoder_ch_mult": (1, 2, 2), "decoder_ch_mult": (1, 2, 2),
+                             "num_res_blocks": 1, "z_channels": 64, "codebook_size": 1024},
+                   "CPU size: ch 32 mult [1,2,2] (f4), 1024 x 8 l2-norm; 8x8 tokens on 32 px crops"),
+    "titok-tiny": ("titok", {**_TINY_VIT, "num_latent_tokens": 32},
+                   "CPU size: 32 px, patch 4, width 128, 4+4 layers, 32 tokens, 1024 x 12 l2-norm"),
+    "one-d-piece-tiny": ("one-d-piece", {**_TINY_VIT, "num_latent_tokens": 64, "tail_drop": "batch"},
+                         "CPU size: as titok-tiny with 64 tokens and tail token drop"),
+}
+for _size, _letter in (("small", "s"), ("base", "b"), ("large", "l")):
+    for _n in (32, 64, 128):
+        REGISTRY[f"titok-{_letter}-{_n}"] = (
+            "titok", _titok(_size, _size, _n),
+            f"TiTok-{_letter.upper()}-{_n}: ViT-{_size} encoder/decoder, {_n} tokens, 4096 x 12 l2-norm, pixel head")
+    REGISTRY[f"one-d-piece-{_letter}-256"] = (
+        "one-d-piece", _titok(_size, _size, 256, tail_drop="batch"),
+        f"One-D-Piece-{_letter.upper()}-256: ViT-{_size}, 256 tokens, 4096 x 12 l2-norm, tail token drop")
+for _name, _enc, _n in (("titok-bl-64-vq8k", "base", 64), ("titok-bl-128-vq8k", "base", 128),
+                        ("titok-sl-256-vq8k", "small", 256)):
+    REGISTRY[_name] = ("titok", _titok(_enc, "large", _n, codebook_size=8192, token_size=64, use_l2_norm=False),
+                       f"TiTok single-stage: ViT-{_enc} encoder, ViT-large decoder, {_n} tokens, 8192 x 64")
+
+
+def available() -> dict[str, str]:
+    return {name: desc for name, (_, _, desc) in REGISTRY.items()}
+
+
+def create(name: str, **overrides):
+    """A tokenizer with random weights: the named config with `overrides` replacing its fields."""
+    from .base import FAMILIES
+
+    if name not in REGISTRY:
+        raise ValueError(f"unknown tokenizer {name!r}; available: {sorted(REGISTRY)}")
+    family, fields, _ = REGISTRY[name]
+    cls = FAMILIES[family]
+    config = cls.config_class(**{**fields, **overrides})
+    return cls(config)
