@@ -268,7 +268,7 @@ class Trainer:
             self.step = step + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "psnr") if k in logs})
+                bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "psnr", "perplexity") if k in logs})
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._write_metrics({"step": self.step, "time": round(time.time() - t0, 3), **logs})
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
@@ -462,6 +462,8 @@ class TokenizerTrainer(Trainer):
             disc.requires_grad_(True)
             loss = loss + cfg.gan_weight * g
             logs["g_loss"] = g.detach()
+        if torch.is_tensor(info.get("perplexity")):  # code usage of the batch: collapse shows here first
+            logs["perplexity"] = info["perplexity"].detach().float()
         logs["loss"] = loss.detach()
         logs["psnr"] = psnr_batch(recon.detach(), x).mean()
         self._last_recon = recon.detach()
