@@ -62,6 +62,23 @@ void define_schemas(torch::Library& m) {
   m.def("prune_gtp_propagate_backward(Tensor grad_out, Tensor kept_idx, Tensor prop_idx, Tensor nbr_idx, Tensor nbr_w, float alpha, int num_tokens) -> Tensor");
   m.def("prune_gtp_graph_select(Tensor nbr_idx, Tensor nbr_w, Tensor kept_idx) -> (Tensor nbr_idx, Tensor nbr_w)");
 
+  // ---- sampling ---------------------------------------------------------------------------------------
+  // Generators' sampling (imtok_cuda/reference/sampling.py is the spec). Randomness: Philox-4x32-10 keyed by `seed`
+  // (drawn by the Python wrapper from a torch.Generator), so CPU and CUDA kernels draw the same numbers.
+  // AR: CFG (uncond + s (cond - uncond)), / temperature (0 = greedy), top-k (ties kept), top-p (first past p kept),
+  // categorical draw (Gumbel-max over the kept tokens). logits [B, V] -> ids [B] int64.
+  m.def("sampling_sample_logits(Tensor logits, Tensor? uncond_logits=None, float cfg_scale=1.0, "
+        "float temperature=1.0, int top_k=0, float top_p=1.0, int seed=0) -> Tensor");
+  // MaskGIT step (TiTok): logits [B, N, V], tokens [B, N], mask_len [B] int64; cfg_form "muse" | "mdt".
+  m.def("sampling_maskgit_step(Tensor logits, Tensor tokens, int mask_token_id, Tensor mask_len, "
+        "Tensor? uncond_logits=None, float guidance_scale=0.0, str cfg_form=\"muse\", float softmax_temperature=1.0, "
+        "float randomize_temperature=0.0, int seed=0) -> (Tensor sampled, Tensor next_tokens, Tensor remask)");
+  // Grouped speculative decoding verification: draft_tokens [B, L], target_logits [B, L or L + 1, V],
+  // draft_logits [B, L, V], embedding [V, D] -> (num_accepted [B], next_token [B]).
+  m.def("sampling_gsd_verify(Tensor draft_tokens, Tensor target_logits, Tensor draft_logits, Tensor embedding, "
+        "int window=7, float prob_threshold=0.15, float dist_threshold=0.5, float temperature=1.0, int top_k=0, "
+        "float top_p=1.0, int seed=0) -> (Tensor num_accepted, Tensor next_token)");
+
   // ---- attention --------------------------------------------------------------------------------------
   // Softmax attention with key bias / key keep-mask / causal (bottom-right) / packed sequences (cu_seqlens) and
   // side outputs computed from the LSE without an Nq x Nk matrix. lse is always returned (backward needs it);
