@@ -118,14 +118,14 @@ def grid_rows(images: torch.Tensor, per_row: int = 8) -> list[torch.Tensor]:
 
 
 def train_demo_generator(name, tokenizer, cfg: TrainConfig, data, num_samples: int, grid_path: str,
-                         pool: int = 4096) -> dict:
+                         pool: int = 4096, overrides: dict | None = None) -> dict:
     """The demo's generator stage: create, train, export, sample a grid (class = source photograph)."""
     from imtok import generators
 
     from .trainer import save_grid
 
     labels, n_classes = class_labels(data[0])
-    gen = generators.create(name, **generator_overrides(name, tokenizer, n_classes))
+    gen = generators.create(name, **generator_overrides(name, tokenizer, n_classes), **(overrides or {}))
     tr = GeneratorTrainer(gen, tokenizer, cfg, data, labels=(labels, n_classes), pool=pool).fit()
     tr.export(os.path.join(cfg.out, "model"))
     cond = torch.arange(num_samples, device=tr.device) % n_classes
