@@ -6,6 +6,7 @@ restored from the checkpoint, so `k steps + resume + k steps` ends with the same
 Subclasses say what a step computes (`compute`) and what else to save (`extra_state`)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -38,6 +39,7 @@ class TrainConfig:
     clip: float = 1.0  # max gradient norm; 0 = off
     ema_decay: float = 0.999  # with warmup: min(decay, (1 + step) / (10 + step))
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)
+    ddp_find_unused: bool = False  # DDP's find_unused_parameters, for models that skip parameters in a step
     seed: int = 0
     # data
     data: str | None = None  # folder of images; None = the photographs of scikit-image
@@ -153,7 +155,7 @@ class Trainer:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         # quantizers all-reduce their own EMA statistics; rank 0's buffers must not overwrite them
-        return DDP(module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+        return DDP(module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=self.cfg.ddp_find_unused)
 
     def _adamw(self, module):
         decay, no_decay = [], []
@@ -191,9 +193,6 @@ class Trainer:
     def load_extra_state(self, tensors: dict, meta: dict):
         pass
 
-    def after_step(self, step: int):
-        pass
-
     # ---- the loop -----------------------------------------------------------------------------------------
     def _update_ema(self, step: int):
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
@@ -222,7 +221,7 @@ class Trainer:
         sums: dict = {}
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
-            sync = self.ddp.no_sync() if (self.world > 1 and not last) else _nullcontext()
+            sync = self.ddp.no_sync() if (self.world > 1 and not last) else contextlib.nullcontext()
             with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, logs = self.compute(chunk, step)
             with sync:
@@ -233,7 +232,6 @@ class Trainer:
             sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip))
         self.opt.step()
         self._update_ema(step)
-        self.after_step(step)
         logs = self._reduce(sums)
         logs["lr"] = lr
         return logs
@@ -333,14 +331,6 @@ class Trainer:
                      "weights and optimizer restored, random streams reseeded (not bit-exact)")
             torch.manual_seed(self.cfg.seed + self.rank + self.step)
             self.gen.manual_seed(self.cfg.seed + self.step)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _accepts_lengths(model) -> bool:
@@ -481,8 +471,8 @@ class TokenizerTrainer(Trainer):
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 fake = self.model(x)[0].float()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            real_logits = self.critic_ddp(x).float()
-            fake_logits = self.critic_ddp(fake).float()
+            # one forward for both (GroupNorm is per sample): DDP expects one forward per backward
+            real_logits, fake_logits = self.critic_ddp(torch.cat([x, fake])).float().chunk(2)
         d = hinge_d_loss(real_logits, fake_logits)
         loss = d
         logs = {"d_loss": d.detach()}
