@@ -45,3 +45,27 @@ def test_train_eval_generate_cli(tmp_path, capsys):
     main(["generate", "--generator", str(gen / "model"), "--tokenizer", str(run / "model"), "--num", "8",
           "--out", str(tmp_path / "s.png")])
     assert os.path.getsize(tmp_path / "s.png") > 0
+
+
+def test_generator_on_2d_tokens(tmp_path):
+    """A GPT on a VQGAN's token raster: the sequence length and 2D RoPE come from the tokenizer."""
+    import torch
+
+    generators = pytest.importorskip("imtok.generators")
+    from imtok import tokenizers
+    from imtok.train import TrainConfig, split_images
+    from imtok.train.generator import GeneratorTrainer, class_labels, generator_overrides, sample_images
+
+    torch.manual_seed(0)
+    tok = tokenizers.create("vqgan-tiny")
+    data = split_images(None, 16)
+    labels = class_labels(data[0])
+    over = generator_overrides("llamagen-gpt-tiny", tok, labels[1], 16)
+    assert over["block_size"] == 16 and over["rope"] == "2d"
+    gen = generators.create("llamagen-gpt-tiny", **over)
+    cfg = TrainConfig(out=str(tmp_path), steps=2, batch_size=4, crop=16, heldout=0, progress=False, save_every=0,
+                      eval_every=0, warmup=1)
+    tr = GeneratorTrainer(gen, tok, cfg, data, labels=labels, pool=8).fit()
+    assert tr.tokens.shape == (8, 16)
+    images, _ = sample_images(tr.ema, tok, torch.arange(2))
+    assert images.shape == (2, 3, 16, 16)

@@ -96,7 +96,7 @@ def train(args):
         data = split_images(cfg.data, cfg.crop)
         labels = class_labels(data[0])
         gen = generators.from_pretrained(args.model) if os.path.isdir(args.model) else \
-            generators.create(args.model, **generator_overrides(args.model, tok, labels[1]))
+            generators.create(args.model, **generator_overrides(args.model, tok, labels[1], cfg.crop))
         tr = GeneratorTrainer(gen, tok, cfg, data, labels=labels, pool=args.pool)
     else:
         cfg = _config(args, out=args.out or "runs/tokenizer")

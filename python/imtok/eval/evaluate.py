@@ -56,6 +56,19 @@ def num_tokens_1d(model) -> int | None:
     return n if (n and takes) else None
 
 
+def baselines(images: torch.Tensor) -> dict:
+    """PSNR of codec-free reference points on the same images: each image's mean colour (3 numbers) and its
+    4x4 average pooling upsampled bilinearly (48 numbers). Smooth crops score high here; a tokenizer should beat
+    them before its PSNR means much."""
+    import torch.nn.functional as F
+
+    out = {}
+    for name, s in (("mean colour", 1), ("4x4 average, bilinear", 4)):
+        y = F.interpolate(F.adaptive_avg_pool2d(images.float(), s), size=images.shape[-2:], mode="bilinear")
+        out[name] = mean_finite(psnr(y, images))
+    return out
+
+
 def rate_distortion_lengths(n: int) -> list[int]:
     """1, 2, 4, ... up to n, and n itself."""
     out, L = [], 1
@@ -82,6 +95,7 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
     recon, tokens = torch.cat(recons), torch.cat(tokens)
     res = {"num_images": images.shape[0], "image_size": list(images.shape[-2:]), "tokens_per_image":
            int(tokens[0].numel()), "psnr": mean_finite(psnr(recon, images))}
+    res["baselines"] = baselines(images)
     skipped = {}
     if min(images.shape[-2:]) >= 11:
         res["ssim"] = float(ssim(recon, images).mean())
@@ -173,6 +187,8 @@ def format_metrics(res: dict) -> str:
             lines.append(f"| PSNR drop, tokens perturbed (alpha {a}, delta {r['delta']}) | {drop:.2f} dB |")
     if "fid" in res:
         lines.append(f"| rFID ({res['fid_features']}) | {res['fid']:.2f} |")
+    for name, v in res.get("baselines", {}).items():
+        lines.append(f"| reference point: PSNR of the {name} (no tokens) | {v:.2f} dB |")
     head = "| metric | value |\n|---|---|\n"
     out = head + "\n".join(lines)
     for k, why in res.get("skipped", {}).items():

@@ -27,8 +27,9 @@ def class_labels(images) -> tuple[list[int], int]:
     return [i % n for i in range(len(images.paths))], n
 
 
-def generator_overrides(name: str, tokenizer, num_classes: int) -> dict:
-    """Vocabulary, sequence length and classes of a registry generator, set from the tokenizer."""
+def generator_overrides(name: str, tokenizer, num_classes: int, crop: int) -> dict:
+    """Vocabulary, sequence length and classes of a registry generator, set from the tokenizer: 1D tokenizers
+    (num_latent_tokens) give N tokens, 2D ones (downsample_factor) a (crop / f)^2 raster."""
     n = getattr(tokenizer, "num_latent_tokens", None)
     k = tokenizer.codebook_size
     if name.startswith("maskgit"):
@@ -38,7 +39,8 @@ def generator_overrides(name: str, tokenizer, num_classes: int) -> dict:
     if "gpt" in name:
         if n is not None:
             return {"vocab_size": k, "block_size": n, "num_classes": num_classes, "rope": "1d"}
-        raise ValueError("build 2D-token GPTs with imtok.generators.create(...) and pass them to GeneratorTrainer")
+        return {"vocab_size": k, "block_size": (crop // tokenizer.downsample_factor) ** 2, "num_classes": num_classes,
+                "rope": "2d"}
     raise ValueError(f"no token settings known for generator {name!r}")
 
 
@@ -108,6 +110,9 @@ def sample(generator, cond: torch.Tensor, seed: int = 0, **kwargs) -> torch.Tens
 def sample_images(generator, tokenizer, cond: torch.Tensor, seed: int = 0, **kwargs):
     """(images [B, 3, H, W] in [0, 1] on the CPU, sampler options) for class ids cond."""
     tokens, opts = sample(generator, cond, seed, **kwargs)
+    if getattr(tokenizer, "num_latent_tokens", None) is None:  # 2D tokenizer: raster order back to a grid
+        g = int(round(tokens.shape[1] ** 0.5))
+        tokens = tokens.reshape(tokens.shape[0], g, g)
     with torch.no_grad():
         return tokenizer.decode_tokens(tokens).float().clamp(0, 1).cpu(), opts
 
@@ -125,7 +130,7 @@ def train_demo_generator(name, tokenizer, cfg: TrainConfig, data, num_samples: i
     from .trainer import save_grid
 
     labels, n_classes = class_labels(data[0])
-    gen = generators.create(name, **generator_overrides(name, tokenizer, n_classes), **(overrides or {}))
+    gen = generators.create(name, **{**generator_overrides(name, tokenizer, n_classes, cfg.crop), **(overrides or {})})
     tr = GeneratorTrainer(gen, tokenizer, cfg, data, labels=(labels, n_classes), pool=pool).fit()
     tr.export(os.path.join(cfg.out, "model"))
     cond = torch.arange(num_samples, device=tr.device) % n_classes
