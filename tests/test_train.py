@@ -143,7 +143,7 @@ def _weights(tr):
 def test_resume_is_bit_exact(tmp_path, photo_data):
     """k steps, save, a fresh process-like restart from the checkpoint, k more == 2k steps straight."""
     kw = dict(steps=6, gan_weight=0.1, lecam_weight=0.01, gan_start=2, perturb_alpha=0.5, perturb_beta=0.5,
-              perturb_delta=4, tail_drop="on", save_every=0)
+              perturb_delta=4, tail_drop="on", save_every=0, codebook_restart=2)
 
     def make(out):
         torch.manual_seed(0)
@@ -161,6 +161,24 @@ def test_resume_is_bit_exact(tmp_path, photo_data):
     la = [r["loss"] for r in _metrics(tmp_path / "a")]
     lb = [r["loss"] for r in _metrics(tmp_path / "b")]
     assert la[3:] == lb[-3:]
+
+
+def test_codebook_restart_moves_unused_codes_onto_encoder_outputs(tmp_path, photo_data):
+    torch.manual_seed(0)
+    tr = TokenizerTrainer(TinyVQ(), _cfg(tmp_path, codebook_restart=1000), data=photo_data)
+    batch = next(iter(tr.batches(0)))
+    tr.train_step(batch, 0)
+    dead = (tr.restart.counts["quantize"] == 0).nonzero().squeeze(1)
+    assert 0 < len(dead) < 64
+    z = tr.restart.latest["quantize"]
+    assert tr.restart.maybe_restart(999) == len(dead)
+    moved = tr.model.quantize.embed[dead].detach()
+    nearest_z = torch.cdist(moved, z).min(1).values
+    assert float(nearest_z.max()) < 0.05 * float(z.std()) * z.shape[1] ** 0.5
+    assert torch.equal(tr.ema.quantize.embed[dead], moved)
+    state = tr.opt.state[tr.model.quantize.embed]
+    assert not state["exp_avg"][dead].any() and not state["exp_avg_sq"][dead].any()
+    assert not tr.restart.counts["quantize"].any()
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path, photo_data):

@@ -44,13 +44,14 @@ def add_arguments(p):
 
 
 # The demo's models: the registry's tiny configs made smaller still, so both train in minutes on 2 cores.
-# The entropy loss (LlamaGen's, weight 0.1) keeps the codebook in use: without it a tokenizer this small
-# collapses onto one code per token position in its first hundred steps and only learns the mean colour.
+# A tokenizer this small starts with one code per token position whatever the image (the tokens carry
+# nothing, the decoder learns the mean colour): the entropy loss (LlamaGen's, weight 0.1) spreads the encoder's
+# outputs and the codebook restart (every 20 steps, unused codes onto encoder outputs) gives them codes to use.
 DEMO_TOKENIZER = dict(enc_width=64, dec_width=64, enc_depth=2, dec_depth=2, enc_heads=2, dec_heads=2,
                       num_latent_tokens=32, entropy_loss_ratio=0.1)
 DEMO_GENERATOR = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
 TOKENIZER_BUDGET = dict(steps=1600, batch_size=16, lr=3e-3, warmup=50, min_lr_ratio=0.05, ema_decay=0.99,
-                        weight_decay=1e-4, rec_loss="l2")
+                        weight_decay=1e-4, rec_loss="l1", codebook_restart=20)
 GENERATOR_BUDGET = dict(steps=600, batch_size=32, lr=2e-3, warmup=50, min_lr_ratio=0.1, ema_decay=0.99)
 
 

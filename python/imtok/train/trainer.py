@@ -22,6 +22,7 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from .data import RandomCrops, StepBatches, heldout_crops, split_images
 from .losses import LeCam, PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_perceptual, reconstruction_loss
+from .restart import CodebookRestart
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     # 1D tokenizers: "model" leaves tail drop / nested dropout to the model's own config; "on" draws one length
     # ~ U{1..N} per sample here and passes it (forward(x, lengths=)); "off" passes N (no drop)
     tail_drop: str = "model"
+    codebook_restart: int = 0  # every N steps move codes no token used onto encoder outputs (0 = off)
     # bookkeeping
     log_every: int = 10
     eval_every: int = 200
@@ -382,6 +384,11 @@ class TokenizerTrainer(Trainer):
         self.vqs = _vq_modules(model)
         if cfg.perturb_alpha > 0 and not self.vqs:
             raise ValueError("latent perturbation needs a VectorQuantizer in the tokenizer")
+        self.restart = None
+        if cfg.codebook_restart:
+            self.restart = CodebookRestart(self.model, self.ema, self.opt, cfg.codebook_restart)
+            if not self.restart:
+                raise ValueError("codebook_restart needs a quantizer with a learned codebook (embedding / embed)")
         self.perceptual, why = load_perceptual(cfg.perceptual)
         if cfg.perceptual is not None:
             self.log(f"perceptual loss: {why}")
@@ -421,6 +428,8 @@ class TokenizerTrainer(Trainer):
             self._lengths = full[self.rank::self.world].to(self.device).chunk(self.cfg.grad_accum)
             self._chunk = 0
         logs = super().train_step(batch, step)
+        if self.restart is not None and (step + 1) % self.cfg.codebook_restart == 0:
+            logs["codes_restarted"] = self.restart.maybe_restart(step)
         if self.critic is not None and step >= self.cfg.gan_start:
             logs.update(self._reduce(self._critic_step(batch, step)))
         return logs
@@ -487,12 +496,15 @@ class TokenizerTrainer(Trainer):
         return {k: float(v) for k, v in logs.items()}
 
     def extra_state(self):
+        tensors = self.restart.state() if self.restart is not None else {}
         if self.critic is None:
-            return {}, {}
+            return tensors, {}
         t, m = ckpt.optimizer_to_flat(self.critic_opt, "critic_optim")
-        return {**ckpt.prefixed("critic", self.critic.state_dict()), **t}, {"critic_optim": m}
+        return {**tensors, **ckpt.prefixed("critic", self.critic.state_dict()), **t}, {"critic_optim": m}
 
     def load_extra_state(self, tensors, meta):
+        if self.restart is not None:
+            self.restart.load_state(tensors)
         if self.critic is not None:
             self.critic.load_state_dict(ckpt.sub(tensors, "critic"))
             ckpt.optimizer_from_flat(self.critic_opt, "critic_optim", tensors, meta["critic_optim"])
