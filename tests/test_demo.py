@@ -28,9 +28,12 @@ def test_demo_tiny_budget(tmp_path, capsys):
 def test_train_eval_generate_cli(tmp_path, capsys):
     run = tmp_path / "tok"
     common = ["--crop", "32", "--batch-size", "4", "--no-progress", "--warmup", "1"]
-    main(["train", "--model", "titok-tiny", "--out", str(run), "--steps", "2", "--save-every", "1", *common])
+    model_args = ["--model-arg", "num_latent_tokens=16", "--model-arg", "entropy_loss_ratio=0.1"]
+    main(["train", "--model", "titok-tiny", "--out", str(run), "--steps", "2", "--save-every", "1", *model_args,
+          *common])
+    assert json.loads((run / "model" / "config.json").read_text())["config"]["num_latent_tokens"] == 16
     assert os.path.exists(run / "checkpoint-2.safetensors") and os.path.exists(run / "model" / "config.json")
-    main(["train", "--model", "titok-tiny", "--out", str(run), "--steps", "3", "--resume", *common])
+    main(["train", "--model", "titok-tiny", "--out", str(run), "--steps", "3", "--resume", *model_args, *common])
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert rows[-1]["step"] == 3
     ev = tmp_path / "eval"

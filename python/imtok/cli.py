@@ -1,4 +1,6 @@
 """The `imtok` command line: demo, train, eval, generate, info, bench."""
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import datetime
@@ -73,13 +75,27 @@ def _config(args, **defaults):
     return TrainConfig.from_dict(values)
 
 
-def load_tokenizer(spec: str):
-    """A saved tokenizer folder (save_pretrained) or a registry name (fresh weights)."""
+def load_tokenizer(spec: str, overrides: dict | None = None):
+    """A saved tokenizer folder (save_pretrained) or a registry name (fresh weights, config overrides)."""
     from imtok import tokenizers
 
     if os.path.isdir(spec):
         return tokenizers.from_pretrained(spec)
-    return tokenizers.create(spec)
+    return tokenizers.create(spec, **(overrides or {}))
+
+
+def _model_args(items) -> dict:
+    """--model-arg KEY=VALUE (VALUE parsed as JSON when it is JSON: 0.1, 64, true, null, [1, 2])."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def train(args):
@@ -95,12 +111,12 @@ def train(args):
         tok = load_tokenizer(args.tokenizer)
         data = split_images(cfg.data, cfg.crop)
         labels = class_labels(data[0])
-        gen = generators.from_pretrained(args.model) if os.path.isdir(args.model) else \
-            generators.create(args.model, **generator_overrides(args.model, tok, labels[1], cfg.crop))
+        gen = generators.from_pretrained(args.model) if os.path.isdir(args.model) else generators.create(
+            args.model, **{**generator_overrides(args.model, tok, labels[1], cfg.crop), **_model_args(args.model_arg)})
         tr = GeneratorTrainer(gen, tok, cfg, data, labels=labels, pool=args.pool)
     else:
         cfg = _config(args, out=args.out or "runs/tokenizer")
-        tr = TokenizerTrainer(load_tokenizer(args.model), cfg)
+        tr = TokenizerTrainer(load_tokenizer(args.model, _model_args(args.model_arg)), cfg)
     tr.fit(resume=args.resume if args.resume is not None else False)
     tr.export(os.path.join(cfg.out, "model"))
     tr.log(f"done: {cfg.out}/model (EMA weights), metrics in {cfg.out}/metrics.jsonl")
@@ -164,6 +180,8 @@ def main(argv=None):
     t.add_argument("--tokenizer", default=None, help="trained tokenizer folder: train the generator --model on it")
     t.add_argument("--resume", nargs="?", const=True, default=None,
                    help="resume from the latest checkpoint in --out, or from the given checkpoint file")
+    t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, repeatable (e.g. --model-arg entropy_loss_ratio=0.1)")
     t.add_argument("--pool", type=int, default=4096, help="generators: training crops encoded once (default 4096)")
     _add_config_args(t)
 
