@@ -97,7 +97,7 @@ def _generator_available(name):
 
 def run(args):
     from imtok import tokenizers
-    from imtok.eval import evaluate_tokenizer, format_metrics, plot_rate_distortion
+    from imtok.eval import evaluate_tokenizer, plot_rate_distortion
     from imtok.train import TokenizerTrainer, TrainConfig, heldout_crops, save_grid, split_images
 
     t_start = time.time()
@@ -192,9 +192,12 @@ def _report(args, tcfg, n_params, tok_time, res, speed, gen_res, gen_note, bench
     from imtok.eval import format_metrics
 
     data = "the photographs of scikit-image" if args.data is None else f"`{args.data}`"
+    overrides = ", ".join(f"{k}={v}" for k, v in DEMO_TOKENIZER.items()) if args.tokenizer == DEFAULT_TOKENIZER \
+        else "registry config"
     lines = [f"# imtok demo\n",
-             f"Tokenizer `{args.tokenizer}` ({n_params / 1e6:.2f} M parameters) trained for {tcfg.steps} steps "
-             f"(batch {tcfg.batch_size}, {args.crop}x{args.crop} random crops of {data}, tail token drop) in "
+             f"Tokenizer `{args.tokenizer}` ({overrides}; {n_params / 1e6:.2f} M parameters) trained for "
+             f"{tcfg.steps} steps ({tcfg.rec_loss.upper()} loss, codebook restart every {tcfg.codebook_restart} "
+             f"steps, batch {tcfg.batch_size}, {args.crop}x{args.crop} random crops of {data}) in "
              f"{tok_time / 60:.1f} min; evaluated on crops of held-out photographs it never saw. "
              f"Total {total / 60:.1f} min on {torch.get_num_threads()} CPU threads.\n",
              "## Held-out reconstruction\n", format_metrics(res) + "\n",
