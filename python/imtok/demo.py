@@ -1,8 +1,8 @@
 """`imtok demo`: the whole job in one command on a laptop CPU.
 
-Trains a tiny 1D tokenizer (One-D-Piece: tail token drop, so any prefix of its tokens decodes) on random
-crops of the photographs that ship with scikit-image, evaluates it on crops of held-out photographs, trains a
-tiny MaskGIT generator on its tokens, samples, and writes a report folder:
+Trains a tiny 1D tokenizer (One-D-Piece's architecture, trained without its tail token drop: see
+DEMO_TOKENIZER) on random crops of the photographs that ship with scikit-image, evaluates it on crops of
+held-out photographs, trains a tiny MaskGIT generator on its tokens, samples, and writes a report folder:
 
     report.md             metrics, timings, what was run
     reconstructions.png   held-out crops (odd rows) and their reconstructions (even rows)
@@ -43,14 +43,17 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true")
 
 
-# The demo's models: the registry's tiny configs made smaller still, so both train in minutes on 2 cores.
-# A tokenizer this small starts with one code per token position whatever the image (the tokens carry
-# nothing, the decoder learns the mean colour): the entropy loss (LlamaGen's, weight 0.1) spreads the encoder's
-# outputs and the codebook restart (every 20 steps, unused codes onto encoder outputs) gives them codes to use.
-DEMO_TOKENIZER = dict(enc_width=64, dec_width=64, enc_depth=2, dec_depth=2, enc_heads=2, dec_heads=2,
-                      num_latent_tokens=32, entropy_loss_ratio=0.1)
+# The demo's models: the registry's tiny configs made shallower, so both train in minutes on 2 cores.
+# Measured on held-out 32 x 32 crops after 800 steps (seed 0, one thread): width 64 with the entropy loss 21.2 dB,
+# without it 21.6, without tail drop 21.8; width 128 (4 heads) without tail drop 23.2 (seed 1: 23.0), while
+# tail drop at width 128 collapsed to one image for all inputs (15.2) and the entropy loss (0.1) or an L2 loss
+# cost about 0.4 dB at width 64. So the demo trains One-D-Piece's architecture without its tail drop (a TiTok): the
+# rate-distortion plot shows what prefixes of tokens give to a model not trained for them. Codebook restart
+# (every 20 steps, unused codes onto encoder outputs) keeps the codebook in use.
+DEMO_TOKENIZER = dict(enc_width=128, dec_width=128, enc_depth=2, dec_depth=2, enc_heads=4, dec_heads=4,
+                      num_latent_tokens=32, tail_drop=None)
 DEMO_GENERATOR = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
-TOKENIZER_BUDGET = dict(steps=1600, batch_size=16, lr=3e-3, warmup=50, min_lr_ratio=0.05, ema_decay=0.99,
+TOKENIZER_BUDGET = dict(steps=1200, batch_size=16, lr=3e-3, warmup=50, min_lr_ratio=0.05, ema_decay=0.99,
                         weight_decay=1e-4, rec_loss="l1", codebook_restart=20)
 GENERATOR_BUDGET = dict(steps=600, batch_size=32, lr=2e-3, warmup=50, min_lr_ratio=0.1, ema_decay=0.99)
 
