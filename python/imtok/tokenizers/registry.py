@@ -22,7 +22,8 @@ def _titok(enc: str, dec: str, tokens: int, **extra) -> dict:
 
 
 _TINY_VIT = {"image_size": 32, "patch_size": 4, "enc_width": 128, "enc_depth": 4, "enc_heads": 4,
-             "dec_width": 128, "dec_depth": 4, "dec_heads": 4, "codebook_size": 1024, "token_size": 12, "init_std": None}
+             "dec_width": 128, "dec_depth": 4, "dec_heads": 4, "codebook_size": 1024, "token_size": 12,
+             "init_std": None}
 
 # name -> (family, config fields, description)
 REGISTRY: dict[str, tuple[str, dict, str]] = {
