@@ -24,10 +24,13 @@ def _titok(enc: str, dec: str, tokens: int, **extra) -> dict:
 # The tiny configs add LlamaGen's entropy loss (0.1). Measured on 32 px photo crops, B=16, AdamW 1e-3: without it
 # titok-tiny's tokens stayed image-independent for 100 steps (one code per position, the decoder learning the mean
 # image) and vqgan-tiny's codebook use fell to a perplexity of 3; with it the tokens differed between images
-# within 50 steps and vqgan-tiny kept a perplexity of ~750.
+# within 50 steps and vqgan-tiny kept a perplexity of ~750. init_std None draws weights with std 1/sqrt(fan_in):
+# TiTok's 0.02 (meant for widths >= 512) leaves the attention path ~1e-4 of the residual stream at these widths,
+# so the encoder's output hardly depends on the image and gets ~1e-5 of the decoder's gradient
+# (tests/test_tokenizer_learning.py).
 _TINY_VIT = {"image_size": 32, "patch_size": 4, "enc_width": 128, "enc_depth": 4, "enc_heads": 4,
              "dec_width": 128, "dec_depth": 4, "dec_heads": 4, "codebook_size": 1024, "token_size": 12,
-             "entropy_loss_ratio": 0.1}
+             "entropy_loss_ratio": 0.1, "init_std": None}
 
 # name -> (family, config fields, description)
 REGISTRY: dict[str, tuple[str, dict, str]] = {

@@ -66,6 +66,10 @@ class TiTokConfig:
     pixel_decoder: dict | None = None
     tail_drop: str | None = None
     perturbation: dict | None = None
+    # std of the linear / conv weights at init: TiTok's 0.02 suits widths of 512 and up; None = 1 / sqrt(fan_in),
+    # for narrow models, where 0.02 leaves the attention path between tokens ~1e-4 of the residual stream
+    # (the encoder then gets almost no gradient and the decoder learns one image for all inputs)
+    init_std: float | None = 0.02
 
     def __post_init__(self):
         if self.dec_patch_size is None:
@@ -169,7 +173,7 @@ class TiTok(Tokenizer):
         self.encoder = TiTokEncoder(c)
         self.decoder = TiTokDecoder(c)
         self.latent_tokens = nn.Parameter(c.enc_width ** -0.5 * torch.randn(c.num_latent_tokens, c.enc_width))
-        self.apply(_init_weights)
+        self.apply(lambda m: _init_weights(m, c.init_std))
         self.quantize = VectorQuantize(c.codebook_size, c.token_size, c.commitment_cost, c.use_l2_norm,
                                        c.entropy_loss_ratio, perturbation=c.perturbation)
         if c.pixel_decoder is not None:
@@ -251,10 +255,11 @@ class OneDPiece(TiTok):
         super().__init__(config, **overrides)
 
 
-def _init_weights(module):
-    """TiTok's init: trunc-normal(0.02) linear / conv weights, zero biases, LayerNorm (1, 0)."""
+def _init_weights(module, std: float | None = 0.02):
+    """TiTok's init: trunc-normal(std) linear / conv weights (std None: 1 / sqrt(fan_in)), zero biases,
+    LayerNorm (1, 0)."""
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, mean=0.0, std=0.02)
+        nn.init.trunc_normal_(module.weight, mean=0.0, std=module.weight[0].numel() ** -0.5 if std is None else std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
