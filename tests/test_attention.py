@@ -187,7 +187,7 @@ def test_half_inputs_accumulate_in_fp32(impl, request, dtype):
     torch.testing.assert_close(col, r.col_sum, rtol=1e-5, atol=1e-4)
 
 
-# ---- tensor-core forward (fp16 / bf16; the attention_tc kernels emulated here (emulated wmma), real tensor cores with -m cuda) --
+# ---- tensor-core forward (fp16 / bf16): the attention_tc kernels, emulated wmma here, tensor cores with -m cuda ----
 def tensor_core_atol(v, dtype):
     """P is rounded to the input type before P V (as in FlashAttention): each weight carries a relative error
     of at most u (2^-11 fp16, 2^-8 bf16) and the weights sum to 1, so |out - ref| <= u max|v|, plus one ulp of
