@@ -66,6 +66,16 @@ def prefix_layout(model: nn.Module):
     return class_token, distill_token, num_prefix
 
 
+def class_token_vit_blocks(model: nn.Module, method: str):
+    """The blocks of a timm ViT whose only prefix token is the class token (EViT and GTP-ViT need exactly that)."""
+    blocks = vit_blocks(model)
+    class_token, _, num_prefix = prefix_layout(model)
+    if not class_token or num_prefix != 1:
+        raise ValueError(f"{method} needs exactly one prefix token, the class token (this model: class token "
+                         f"{class_token}, {num_prefix} prefix tokens)")
+    return blocks
+
+
 def residual_branch(block: nn.Module, i: int, y):
     """drop_path(layer_scale(y)) of a block's residual branch i (timm's drop_path{i} / ls{i}, or drop_path)."""
     ls = getattr(block, f"ls{i}", None)

@@ -13,7 +13,7 @@ from imtok.layers.attention import self_attention
 from imtok_cuda import prune as _fused
 from imtok_cuda.reference import prune as _reference
 
-from ._patch import check_no_mask, ops, patch_class, prefix_layout, residual_branch, unpatch, vit_blocks
+from ._patch import check_no_mask, class_token_vit_blocks, ops, patch_class, residual_branch, unpatch
 
 __all__ = ["apply_evit", "remove_evit"]
 
@@ -36,11 +36,7 @@ def apply_evit(model: nn.Module, keep_rate: float = 0.7, layers=(3, 6, 9), fuse_
     """Make blocks `layers` of a timm ViT EViT pruning blocks (in place; returns the model)."""
     if not 0 < keep_rate <= 1:
         raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
-    blocks = vit_blocks(model)
-    class_token, _, num_prefix = prefix_layout(model)
-    if not class_token or num_prefix != 1:
-        raise ValueError(f"EViT needs exactly one prefix token, the class token (this model: class token "
-                         f"{class_token}, {num_prefix} prefix tokens)")
+    blocks = class_token_vit_blocks(model, "EViT")
     for i in layers:
         if not 0 <= i < len(blocks):
             raise ValueError(f"layer {i} out of range for a ViT with {len(blocks)} blocks")

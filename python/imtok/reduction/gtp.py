@@ -18,7 +18,7 @@ from imtok_cuda import prune as _fused
 from imtok_cuda._args import as_int
 from imtok_cuda.reference import prune as _reference
 
-from ._patch import check_no_mask, patch_class, prefix_layout, residual_branch, unpatch, vit_blocks
+from ._patch import check_no_mask, class_token_vit_blocks, patch_class, residual_branch, unpatch
 
 __all__ = ["apply_gtp", "remove_gtp"]
 
@@ -76,11 +76,7 @@ def apply_gtp(model: nn.Module, num_prop=8, graph_type: str = "spatial", num_nei
     int or one per block. graph_type: "spatial" | "semantic" | "mixed"."""
     if graph_type not in ("spatial", "semantic", "mixed"):
         raise ValueError(f"graph_type must be 'spatial', 'semantic' or 'mixed', got {graph_type!r}")
-    blocks = vit_blocks(model)
-    class_token, _, num_prefix = prefix_layout(model)
-    if not class_token or num_prefix != 1:
-        raise ValueError(f"GTP-ViT needs exactly one prefix token, the class token (this model: class token "
-                         f"{class_token}, {num_prefix} prefix tokens)")
+    blocks = class_token_vit_blocks(model, "GTP-ViT")
     props = list(num_prop) if isinstance(num_prop, (list, tuple)) else [num_prop] * len(blocks)
     if len(props) != len(blocks):
         raise ValueError(f"num_prop needs one value per block ({len(blocks)}), got {len(props)}")
