@@ -87,17 +87,6 @@ def _speed(model, images, repeats=3):
     return {"batch": int(images.shape[0]), "fused_s": fused, "reference_s": ref}
 
 
-def _generator_available(name):
-    if name in (None, "", "none"):
-        return False, "skipped (--generator none)"
-    try:
-        from imtok import generators  # noqa: F401
-        from imtok.train.generator import GeneratorTrainer  # noqa: F401
-    except ImportError as e:
-        return False, f"skipped: imtok.generators is not available in this build ({e})"
-    return True, ""
-
-
 def run(args):
     from imtok import tokenizers
     from imtok.eval import evaluate_tokenizer, plot_rate_distortion
@@ -147,7 +136,8 @@ def run(args):
           flush=True)
 
     # 3. generator on the tokenizer's tokens
-    gen_ok, gen_note = _generator_available(args.generator)
+    gen_ok = args.generator not in (None, "", "none")
+    gen_note = "" if gen_ok else "skipped (--generator none)"
     gen_res = None
     if gen_ok:
         from imtok.train.generator import train_demo_generator
@@ -197,7 +187,7 @@ def _report(args, tcfg, n_params, tok_time, res, speed, gen_res, gen_note, bench
     data = "the photographs of scikit-image" if args.data is None else f"`{args.data}`"
     overrides = ", ".join(f"{k}={v}" for k, v in DEMO_TOKENIZER.items()) if args.tokenizer == DEFAULT_TOKENIZER \
         else "registry config"
-    lines = [f"# imtok demo\n",
+    lines = ["# imtok demo\n",
              f"Tokenizer `{args.tokenizer}` ({overrides}; {n_params / 1e6:.2f} M parameters) trained for "
              f"{tcfg.steps} steps ({tcfg.rec_loss.upper()} loss, codebook restart every {tcfg.codebook_restart} "
              f"steps, batch {tcfg.batch_size}, {args.crop}x{args.crop} random crops of {data}) in "
