@@ -170,7 +170,6 @@ def gsd_verify(draft_tokens, target_logits, draft_logits, embedding, window=7, p
     row if target_logits has L + 1 rows, else -1.
     """
     B, L = draft_tokens.shape
-    V = target_logits.shape[-1]
     dev = target_logits.device
     p_all, ranked_all = gsd_distributions(target_logits, temperature, top_k, top_p)
     q_all, _ = gsd_distributions(draft_logits, temperature, top_k, top_p)
