@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 
-
 from .titok import MODEL_SIZES, OneDPiece, TiTok, TiTokConfig
 from .vqgan import VQGAN, VQGANConfig
 
