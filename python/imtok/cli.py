@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 
 
 def _bench_dir():
@@ -35,17 +36,24 @@ def bench(args):
     if args.only:
         files = [f for f in files if any(o in f for o in args.only.split(","))]
     os.makedirs(args.out, exist_ok=True)
-    all_rows = []
-    for f in files:
-        print(f"== {f} ({device}, {'quick' if args.quick else 'full'})", flush=True)
-        rows = _load(os.path.join(_bench_dir(), f)).run(device=device, quick=args.quick)
-        print(markdown(rows), flush=True)
-        all_rows.extend(rows)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    save(all_rows, os.path.join(args.out, "bench"))
     with open(os.path.join(args.out, "machine.json"), "w") as fh:
         json.dump({"date": stamp, **machine()}, fh, indent=1)
+    all_rows, failed = [], []
+    for f in files:
+        print(f"== {f} ({device}, {'quick' if args.quick else 'full'})", flush=True)
+        try:
+            rows = _load(os.path.join(_bench_dir(), f)).run(device=device, quick=args.quick)
+        except Exception:  # one broken family must not cost the others' figures (a GPU lease is short)
+            traceback.print_exc()
+            failed.append(f)
+            continue
+        print(markdown(rows), flush=True)
+        all_rows.extend(rows)
+        save(all_rows, os.path.join(args.out, "bench"))  # after every file: a run stopped by a timeout keeps its rows
     print(f"\nwrote {args.out}/bench.json and bench.md ({len(all_rows)} rows, {stamp}, {machine()})")
+    if failed:
+        sys.exit(f"benchmark files that failed: {', '.join(failed)}")
 
 
 def _add_config_args(p, skip=()):
