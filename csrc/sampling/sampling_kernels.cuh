@@ -213,6 +213,23 @@ struct KeptSet {
 };
 
 // lv(j) -> processed logit (NaN -> -inf). All threads of the block call it; all get the same KeptSet.
+// The first index of the row's largest value (-1 only for an empty row), returned to every thread of the block:
+// the greedy draw, and the fallback of the Gumbel-max draw.
+template <typename LV>
+__device__ int64_t row_argmax(LV lv, int64_t V) {
+  float bv = -kInf;
+  int64_t bi = -1;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float l = lv(j);
+    if (arg_better(l, j, bv, bi)) {
+      bv = l;
+      bi = j;
+    }
+  }
+  block_argmax(bv, bi);
+  return bi;
+}
+
 template <typename LV>
 __device__ KeptSet row_kept_set(LV lv, int64_t V, int64_t top_k, double top_p) {
   KeptSet ks{0, 0, 0u, 0u, 0, -kInf};
@@ -301,17 +318,7 @@ __device__ int64_t row_gumbel_max(LV lv, int64_t V, const KeptSet& ks, uint64_t 
   }
   block_argmax(bv, bi);
   if (bi >= 0) return bi;
-  float av = -kInf;
-  int64_t ai = -1;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float l = lv(j);
-    if (arg_better(l, j, av, ai)) {
-      av = l;
-      ai = j;
-    }
-  }
-  block_argmax(av, ai);
-  return ai;
+  return row_argmax(lv, V);
 }
 
 // ---- sample_logits --------------------------------------------------------------------------------------------
@@ -331,17 +338,7 @@ __global__ void sample_logits_kernel(const scalar_t* __restrict__ logits, const 
   };
   int64_t r;
   if (temperature == 0.0f) {
-    float bv = -kInf;
-    int64_t bi = -1;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float l = lv(j);
-      if (arg_better(l, j, bv, bi)) {
-        bv = l;
-        bi = j;
-      }
-    }
-    block_argmax(bv, bi);
-    r = bi;
+    r = row_argmax(lv, V);
   } else {
     const KeptSet ks = row_kept_set(lv, V, top_k, top_p);
     r = row_gumbel_max(lv, V, ks, seed, ::imtok::sampling::kStreamSample, static_cast<uint64_t>(b));
@@ -480,16 +477,7 @@ template <typename LV>
 __device__ RowDist row_distribution(LV lv, int64_t V, float T, int64_t top_k, double top_p) {
   RowDist d;
   if (T == 0.0f) {
-    float bv = -kInf;
-    int64_t bi = -1;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float l = lv(j);
-      if (arg_better(l, j, bv, bi)) {
-        bv = l;
-        bi = j;
-      }
-    }
-    block_argmax(bv, bi);
+    const int64_t bi = row_argmax(lv, V);
     d.ks = KeptSet{0, 0, 0u, 0u, 0, -kInf};
     d.z = 1.0f;
     d.amax = bi < 0 ? 0 : bi;
