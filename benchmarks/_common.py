@@ -19,8 +19,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def median_ms(fn, device="cpu", warmup=1, reps=5, max_seconds=20.0):
-    """Median wall time in ms over `reps` calls after `warmup` calls (fewer reps if one call is slow)."""
+def times_ms(fn, device="cpu", warmup=1, reps=5, max_seconds=20.0):
+    """Wall times in ms of `reps` calls after `warmup` calls (fewer reps if the calls take over max_seconds)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -33,7 +33,12 @@ def median_ms(fn, device="cpu", warmup=1, reps=5, max_seconds=20.0):
         times.append((time.perf_counter() - t0) * 1e3)
         if time.perf_counter() - start > max_seconds:
             break
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn, device="cpu", warmup=1, reps=5, max_seconds=20.0):
+    """Median wall time in ms over `reps` calls after `warmup` calls (fewer reps if one call is slow)."""
+    return statistics.median(times_ms(fn, device, warmup, reps, max_seconds))
 
 
 def peak_extra_mb(fn, device="cpu"):

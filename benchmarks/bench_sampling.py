@@ -13,36 +13,19 @@ Quick mode shrinks the batches so the whole file runs in well under a minute on 
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import main, peak_extra_mb, sync  # noqa: E402
+from _common import main, peak_extra_mb, times_ms  # noqa: E402
 
 from imtok_cuda import sampling  # noqa: E402
 from imtok_cuda.reference import sampling as ref  # noqa: E402
 
 
-def _times(fn, device, warmup, reps, max_seconds=20.0):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    start = time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > max_seconds:
-            break
-    return out
-
-
 def _row(op, shape, device, fused, reference, reps, notes="", measure_memory=True):
-    tf = _times(fused, device, 1, reps)
-    tr = _times(reference, device, 1, reps)
+    tf = times_ms(fused, device, 1, reps)
+    tr = times_ms(reference, device, 1, reps)
     row = {"family": "sampling", "op": op, "shape": shape, "device": str(device)}
     row["fused_ms"] = statistics.median(tf)
     row["ref_ms"] = statistics.median(tr)
