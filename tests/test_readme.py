@@ -22,3 +22,14 @@ def test_readme_example_runs(index):
     if "import timm" in code:
         pytest.importorskip("timm", reason="timm (the [models] extra) is not installed")
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme_example"})
+
+
+def test_help_of_nn_lists_every_module():
+    import pydoc
+
+    import imtok_cuda as ic
+
+    text = pydoc.plain(pydoc.render_doc(ic.nn))
+    assert ic.nn.__all__, "imtok_cuda.nn has no __all__"
+    missing = [name for name in ic.nn.__all__ if f"class {name}" not in text and f"{name}(" not in text]
+    assert not missing, f"help(imtok_cuda.nn) does not show {missing}"
