@@ -24,21 +24,28 @@ namespace {
 
 using at::Tensor;
 
+// Coarse row bq = b h w + q (q = i w + j) holds s runs of s D features, each contiguous in the fine layout too:
+// run s1 is fine tokens (i s + s1)(w s) + j s + [0, s) (fine_token with sub = s1 s + s2). Returns the fine
+// element offset of run 0; run s1 starts s1 w s D further.
+inline int64_t fine_run_offset(int64_t bq, int64_t Q, int64_t T, int64_t w, int64_t s, int64_t D) {
+  const int64_t b = bq / Q, q = bq % Q;
+  return (b * T + fine_token(q, 0, w, s)) * D;
+}
+
 // copy between fine [B, T, D] and coarse [B, h w, s s D]; to_coarse chooses the direction
 void permute_rows(const Tensor& src, Tensor& dst, int64_t B, int64_t h, int64_t w, int64_t s, int64_t D,
                   bool to_coarse) {
-  const int64_t Q = h * w, S = s * s, T = Q * S;
+  const int64_t Q = h * w, S = s * s, T = Q * S, run = s * D * src.element_size();
   const int64_t es = src.element_size();
   const char* sp = static_cast<const char*>(src.const_data_ptr());
   char* dp = static_cast<char*>(dst.mutable_data_ptr());
   at::parallel_for(0, B * Q, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, S * D)), [&](int64_t q0, int64_t q1) {
     for (int64_t bq = q0; bq < q1; ++bq) {
-      const int64_t b = bq / Q, q = bq % Q;
-      for (int64_t sub = 0; sub < S; ++sub) {
-        const int64_t fine = (b * T + fine_token(q, sub, w, s)) * D;
-        const int64_t coarse = bq * S * D + sub * D;
-        if (to_coarse) std::memcpy(dp + coarse * es, sp + fine * es, D * es);
-        else std::memcpy(dp + fine * es, sp + coarse * es, D * es);
+      const int64_t fine = fine_run_offset(bq, Q, T, w, s, D) * es, coarse = bq * S * D * es;
+      for (int64_t s1 = 0; s1 < s; ++s1) {
+        const int64_t f = fine + s1 * w * run, c = coarse + s1 * run;
+        if (to_coarse) std::memcpy(dp + c, sp + f, run);
+        else std::memcpy(dp + f, sp + c, run);
       }
     }
   });
@@ -92,9 +99,9 @@ void shuffle_linear_blas(const Tensor& x, const ShuffleDims& d, int64_t w, int64
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * blk, n = std::min(blk, rows - r0);
       for (int64_t rr = 0; rr < n; ++rr) {
-        const int64_t bq = r0 + rr, b = bq / d.Q, q = bq % d.Q;
-        for (int64_t sub = 0; sub < d.S; ++sub)
-          std::memcpy(buf.data() + rr * K + sub * D, xp + (b * d.T + fine_token(q, sub, w, s)) * D, D * sizeof(T));
+        const T* fine = xp + fine_run_offset(r0 + rr, d.Q, d.T, w, s, D);
+        for (int64_t s1 = 0; s1 < s; ++s1)
+          std::memcpy(buf.data() + rr * K + s1 * s * D, fine + s1 * w * s * D, s * D * sizeof(T));
       }
       rows_times_weight_t<T>(buf.data(), n, K, wp, N, bias, yp + r0 * N);
     }
@@ -117,9 +124,9 @@ void linear_unshuffle_blas(const Tensor& x, const ShuffleDims& d, int64_t w, int
       const int64_t r0 = k * blk, n = std::min(blk, rows - r0);
       rows_times_weight_t<T>(xp + r0 * K, n, K, wp, N, bias, buf.data());
       for (int64_t rr = 0; rr < n; ++rr) {
-        const int64_t bq = r0 + rr, b = bq / d.Q, q = bq % d.Q;
-        for (int64_t sub = 0; sub < d.S; ++sub)
-          std::memcpy(yp + (b * d.T + fine_token(q, sub, w, s)) * D, buf.data() + rr * N + sub * D, D * sizeof(T));
+        T* fine = yp + fine_run_offset(r0 + rr, d.Q, d.T, w, s, D);
+        for (int64_t s1 = 0; s1 < s; ++s1)
+          std::memcpy(fine + s1 * w * s * D, buf.data() + rr * N + s1 * s * D, s * D * sizeof(T));
       }
     }
   });
