@@ -11,6 +11,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <vector>
 
 #include "common/checks.h"
@@ -32,6 +35,16 @@ inline int64_t fine_run_offset(int64_t bq, int64_t Q, int64_t T, int64_t w, int6
   return (b * T + fine_token(q, 0, w, s)) * D;
 }
 
+// One run (a few KB) copied inline: a libc memcpy call per run costs about as much as the copy itself.
+inline void copy_run(char* dst, const char* src, int64_t bytes) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  for (; k + 16 <= bytes; k += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
+#endif
+  if (k < bytes) std::memcpy(dst + k, src + k, bytes - k);
+}
+
 // copy between fine [B, T, D] and coarse [B, h w, s s D]; to_coarse chooses the direction
 void permute_rows(const Tensor& src, Tensor& dst, int64_t B, int64_t h, int64_t w, int64_t s, int64_t D,
                   bool to_coarse) {
@@ -44,8 +57,8 @@ void permute_rows(const Tensor& src, Tensor& dst, int64_t B, int64_t h, int64_t 
       const int64_t fine = fine_run_offset(bq, Q, T, w, s, D) * es, coarse = bq * S * D * es;
       for (int64_t s1 = 0; s1 < s; ++s1) {
         const int64_t f = fine + s1 * w * run, c = coarse + s1 * run;
-        if (to_coarse) std::memcpy(dp + c, sp + f, run);
-        else std::memcpy(dp + f, sp + c, run);
+        if (to_coarse) copy_run(dp + c, sp + f, run);
+        else copy_run(dp + f, sp + c, run);
       }
     }
   });
@@ -101,7 +114,8 @@ void shuffle_linear_blas(const Tensor& x, const ShuffleDims& d, int64_t w, int64
       for (int64_t rr = 0; rr < n; ++rr) {
         const T* fine = xp + fine_run_offset(r0 + rr, d.Q, d.T, w, s, D);
         for (int64_t s1 = 0; s1 < s; ++s1)
-          std::memcpy(buf.data() + rr * K + s1 * s * D, fine + s1 * w * s * D, s * D * sizeof(T));
+          copy_run(reinterpret_cast<char*>(buf.data() + rr * K + s1 * s * D),
+                   reinterpret_cast<const char*>(fine + s1 * w * s * D), s * D * sizeof(T));
       }
       rows_times_weight_t<T>(buf.data(), n, K, wp, N, bias, yp + r0 * N);
     }
@@ -126,7 +140,8 @@ void linear_unshuffle_blas(const Tensor& x, const ShuffleDims& d, int64_t w, int
       for (int64_t rr = 0; rr < n; ++rr) {
         T* fine = yp + fine_run_offset(r0 + rr, d.Q, d.T, w, s, D);
         for (int64_t s1 = 0; s1 < s; ++s1)
-          std::memcpy(fine + s1 * w * s * D, buf.data() + rr * N + s1 * s * D, s * D * sizeof(T));
+          copy_run(reinterpret_cast<char*>(fine + s1 * w * s * D),
+                   reinterpret_cast<const char*>(buf.data() + rr * N + s1 * s * D), s * D * sizeof(T));
       }
     }
   });
