@@ -2,9 +2,10 @@
 //
 // tanh is torch's own CPU tanh, so the CPU kernel reproduces the anchor's arithmetic bit for bit: torch.tanh
 // on float / double CPU tensors is MKL VML's vsTanh / vdTanh (high accuracy, denormals kept: torch's
-// ATen/cpu/vml.h), found here through weak references to the symbols libtorch_cpu exports. A torch built
-// without MKL (ARM wheels) falls back to std::tanh here; it uses Sleef, so codes can then differ from the
-// anchor's where an ulp of tanh moves the bound across a rounding tie.
+// ATen/cpu/vml.h), found here through weak references to the symbols libtorch_cpu exports. With a torch built
+// without MKL (ARM wheels) this falls back to std::tanh while torch uses Sleef: codes can then differ from the
+// anchor's where an ulp of tanh moves the bound across a rounding tie, gradients by an ulp or two.
+// The device kernels use the device's tanhf, so CPU and device codes can differ in the same rare way.
 //
 // The rest follows the anchor op by op: bound = tanh(z + shift) * half_l - offset rounded separately (two torch
 // ops: no FMA), round half to even, codes = level / (L // 2); the gradient is ((g / (L//2)) * half_l) *
