@@ -392,6 +392,45 @@ def test_cpu_backward_large_and_deterministic():
         assert torch.equal(a, b)
 
 
+# The CPU backward runs one pass per (segment, head) when there are at least 32 of them (S and dP computed once),
+# else separate dq and dk/dv passes (more parallelism): the cases above use the second, these the first.
+@pytest.mark.parametrize("Nq,Nk,d,causal", [(130, 520, 4, True), (520, 130, 4, True), (23, 29, 33, False), (1, 3, 4, False)])
+def test_cpu_single_pass_backward_matches_reference(Nq, Nk, d, causal):
+    q, k, v, kb, km = make(4, 8, Nq, Nk, d, torch.float64, bias=True, mask=True, seed=10)
+    km[:, 0] = True
+    ops = torch.ops.imtok_cuda
+    out, lse, _, _ = ops.attention_forward(q, k, v, kb, km, causal)
+    go = torch.randn_like(out)
+    glse = torch.where(torch.isfinite(lse), torch.randn_like(lse), torch.zeros_like(lse))
+    got = ops.attention_backward(go, glse, q, k, v, out, lse, kb, km, causal, None, None, True)
+    want = ref_grads(q, k, v, kb, km, causal, go, glse)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    nt = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        again = ops.attention_backward(go, glse, q, k, v, out, lse, kb, km, causal, None, None, True)
+    finally:
+        torch.set_num_threads(nt)
+    for a, b in zip(got, again):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_single_pass_backward_packed(causal):
+    lens = [5, 0, 70, 1, 9]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    T = int(cu[-1])
+    q, k, v, kb, km = make(1, 8, T, T, 16, torch.float64, bias=True, mask=True, seed=11)
+    ops = torch.ops.imtok_cuda
+    out, lse, _, _ = ops.attention_forward(q, k, v, kb, km, causal, None, False, False, 0, -1, cu)
+    go = torch.randn_like(out)
+    got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, cu, True)
+    want = ref_grads(q, k, v, kb, km, causal, go, torch.zeros_like(lse), cu)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_gradcheck_float64(causal):
     q, k, v, kb, km = make(1, 2, 5, 6, 3, torch.float64, bias=True, mask=True, seed=8)

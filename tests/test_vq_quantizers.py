@@ -1,5 +1,7 @@
 """vq quantizers: FSQ, LFQ/BSQ + entropy loss, binary, counts, EMA (incl. 2-process gloo), quantize, RVQ and the
 nn modules. Reference (imtok_cuda.reference.vq_quantizers) vs CPU kernel vs emulated CUDA kernel."""
+import ctypes
+import ctypes.util
 import math
 import os
 import socket
@@ -121,8 +123,14 @@ def test_fsq_nan_and_inf():
     assert torch.equal(c[1:], ac) and torch.equal(i[1:], ai)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fsq_backward_matches_anchor(dtype, emu_ops):
+# torch's CPU tanh is MKL VML in its x86 builds and its tanh backward computes 1 - y^2 with one rounding (FMA) on
+# AVX2 / AVX-512: the CPU kernel does the same (quantizers_cpu_vec.h), so there its codes and gradients are the
+# anchor's bit for bit.
+TORCH_TANH_IS_VML = torch.backends.mkl.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fsq_backward_matches_anchor(dtype):
     levels = [8, 8, 8, 5, 5, 5]
     z = _fsq_input(513, levels, dtype, 1.5)
     g = torch.randn(513, 6)
@@ -131,19 +139,44 @@ def test_fsq_backward_matches_anchor(dtype, emu_ops):
     zk = z.detach().clone().requires_grad_()
     vq.fsq(zk, levels)[0].backward(g)
     assert zk.grad.dtype == dtype
-    if dtype == torch.float32:
-        # d codes / dz = g * (1 - y^2) * half_l / (L // 2) with y = tanh(z + shift). The kernel's y is glibc's tanhf,
-        # the anchor's torch's vectorized tanh (Sleef, or its own on other CPUs / torch versions): each within about
-        # one ulp, so where y is close to +-1 the two (1 - y^2) differ by up to 2 |y| 2 ulp(y) ~ 2^-22 absolute
-        # (seen: 1.4e-7 at one element of 3078 on an AVX-512 CPU). Element-wise bound: that term times the other
-        # factors, plus a few fp32 roundings of the product.
+    if TORCH_TANH_IS_VML:
+        assert torch.equal(zk.grad, za.grad)
+    elif dtype == torch.float32:
+        # d codes / dz = g * (1 - y^2) * half_l / (L // 2) with y = tanh(z + shift). Without MKL the kernel's y is
+        # std::tanh, the anchor's torch's vectorized tanh (Sleef): each within about one ulp, so where y is close to
+        # +-1 the two (1 - y^2) differ by up to 2 |y| 2 ulp(y) ~ 2^-22 absolute. Element-wise bound: that term
+        # times the other factors, plus a few fp32 roundings of the product.
         lv = torch.tensor(levels, dtype=torch.float32)
         factor = (lv - 1) * (1 + 1e-3) / 2 / (lv // 2)
         bound = g.abs() * factor * 2.0**-22 + za.grad.abs() * 4 * 2.0**-24
         assert ((zk.grad - za.grad).abs() <= bound).all(), (zk.grad - za.grad).abs().max()
     else:
         torch.testing.assert_close(zk.grad.float(), za.grad.float(), rtol=1e-2, atol=1e-3)
-    assert torch.equal(emu_ops.vq_fsq_backward(g, z, levels), OPS.vq_fsq_backward(g, z, levels))
+
+
+def _libm_fsq_grad(g, z, levels):
+    """The device kernels' gradient expression evaluated with the C library's float math, as the emulated
+    kernels run it: shift = atanhf(offset / half_l), t = tanhf(z + shift), ((g / (L//2)) * half_l) * (1 - t * t),
+    every operation rounded to fp32."""
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    for name in ("tanhf", "atanhf"):
+        getattr(libm, name).restype = ctypes.c_float
+        getattr(libm, name).argtypes = [ctypes.c_float]
+    lv = torch.tensor(levels, dtype=torch.float32)
+    half_l = (lv - 1) * (1 + 1e-3) / 2
+    offset = (lv % 2 == 0).float() * 0.5
+    shift = torch.tensor([libm.atanhf(v) for v in (offset / half_l).tolist()], dtype=torch.float32)
+    x = z.float() + shift
+    t = torch.tensor([libm.tanhf(v) for v in x.flatten().tolist()], dtype=torch.float32).view(x.shape)
+    return (((g / (lv // 2)) * half_l) * (1 - t * t)).to(z.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fsq_backward_emulated(dtype, emu_ops):
+    levels = [8, 8, 8, 5, 5, 5]
+    z = _fsq_input(513, levels, dtype, 1.5)
+    g = torch.randn(513, 6)
+    assert torch.equal(emu_ops.vq_fsq_backward(g, z, levels), _libm_fsq_grad(g, z, levels))
 
 
 def test_fsq_gradcheck():

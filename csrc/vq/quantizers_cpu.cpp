@@ -1,5 +1,7 @@
 // CPU kernels of the vq quantizer ops: FSQ, LFQ sign quantization, per-code counts, EMA statistics.
-// Results are bit-identical to the device kernels (same per-element expressions, same summation order).
+// FSQ evaluates torch's own CPU tanh (quantizers_cpu_vec.h): its codes and gradients are the anchor's, bit for
+// bit; the device kernels use the device's tanhf. The other ops are bit-identical to the device kernels (same
+// per-element expressions, same summation order).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -7,9 +9,12 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "vq/quantizers_common.h"
+#include "vq/quantizers_cpu_vec.h"
 
 namespace imtok {
 namespace vqq {
@@ -22,6 +27,12 @@ std::vector<int64_t> batch_shape(const at::Tensor& t) {
   s.pop_back();
   return s;
 }
+
+// Rows per step of the FSQ kernels (the tanh argument of one step stays in L1) and rows per parallel task.
+constexpr int64_t kFsqStepElems = 4096;
+constexpr int64_t kFsqTaskElems = 32768;  // torch's elementwise grain (at::internal::GRAIN_SIZE)
+
+inline int64_t fsq_step_rows(int d) { return std::max<int64_t>(1, kFsqStepElems / d); }
 
 std::tuple<at::Tensor, at::Tensor> fsq_cpu(const at::Tensor& z_in, c10::IntArrayRef levels) {
   const FsqParams p = make_fsq_params(levels);
@@ -37,20 +48,25 @@ std::tuple<at::Tensor, at::Tensor> fsq_cpu(const at::Tensor& z_in, c10::IntArray
     const scalar_t* zp = z.data_ptr<scalar_t>();
     acc_t* cp = codes.data_ptr<acc_t>();
     int32_t* ip = indices.data_ptr<int32_t>();
-    at::parallel_for(0, n, kGrain / p.d + 1, [&](int64_t b, int64_t e) {
-      for (int64_t row = b; row < e; ++row) {
-        int64_t idx = 0;
-        bool bad = false;
-        for (int j = 0; j < p.d; ++j) {
-          const acc_t r = fsq_level<acc_t>(static_cast<acc_t>(zp[row * p.d + j]), p, j);
-          cp[row * p.d + j] = r / acc_t(p.half_width[j]);
-          if (r != r) {
-            bad = true;
-          } else {
-            idx += (int64_t(r) + p.half_width[j]) * p.basis[j];
+    const cpu::FsqRep<acc_t> rep(p);
+    const int64_t step = fsq_step_rows(p.d);
+    at::parallel_for(0, n, kFsqTaskElems / p.d + 1, [&](int64_t b, int64_t e) {
+      std::vector<acc_t> x(step * p.d), t(step * p.d);
+      for (int64_t r0 = b; r0 < e; r0 += step) {
+        const int64_t rows = std::min(step, e - r0), len = rows * p.d;
+        cpu::fsq_add_shift(zp + r0 * p.d, len, rep, x.data());
+        cpu::tanh_like_torch(x.data(), t.data(), len);
+        cpu::fsq_levels_and_codes(t.data(), len, rep, cp + r0 * p.d);
+        for (int64_t row = 0; row < rows; ++row) {  // t now holds the integer levels
+          const acc_t* r = t.data() + row * p.d;
+          int64_t idx = 0;
+          bool bad = false;
+          for (int j = 0; j < p.d; ++j) {
+            if (r[j] != r[j]) bad = true;
+            else idx += (int64_t(r[j]) + p.half_width[j]) * p.basis[j];
           }
+          ip[r0 + row] = bad ? int32_t(-1) : int32_t(idx);
         }
-        ip[row] = bad ? int32_t(-1) : int32_t(idx);
       }
     });
   });
@@ -69,15 +85,26 @@ at::Tensor fsq_backward_cpu(const at::Tensor& grad_in, const at::Tensor& z_in, c
   const auto acc_dtype = z.scalar_type() == c10::kDouble ? c10::kDouble : c10::kFloat;
   const at::Tensor grad = grad_in.to(acc_dtype).contiguous();
   at::Tensor gz = at::empty(z.sizes(), z.options());
-  const int64_t total = z.numel();
+  const int64_t n = z.numel() / p.d;
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, z.scalar_type(), "vq_fsq_backward_cpu", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const scalar_t* zp = z.data_ptr<scalar_t>();
     const acc_t* gp = grad.data_ptr<acc_t>();
     scalar_t* op = gz.data_ptr<scalar_t>();
-    at::parallel_for(0, total, kGrain, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        op[i] = static_cast<scalar_t>(fsq_grad<acc_t>(gp[i], static_cast<acc_t>(zp[i]), p, int(i % p.d)));
+    const cpu::FsqRep<acc_t> rep(p);
+    const int64_t step = fsq_step_rows(p.d);
+    at::parallel_for(0, n, kFsqTaskElems / p.d + 1, [&](int64_t b, int64_t e) {
+      std::vector<acc_t> x(step * p.d), t(step * p.d);
+      for (int64_t r0 = b; r0 < e; r0 += step) {
+        const int64_t off = r0 * p.d, len = std::min(step, e - r0) * p.d;
+        cpu::fsq_add_shift(zp + off, len, rep, x.data());
+        cpu::tanh_like_torch(x.data(), t.data(), len);
+        constexpr bool in_place = std::is_same<scalar_t, acc_t>::value;  // else round from x into op
+        acc_t* dst = in_place ? reinterpret_cast<acc_t*>(op + off) : x.data();
+        cpu::fsq_grad_run(gp + off, t.data(), len, rep, dst);
+        if (!in_place)
+          for (int64_t k = 0; k < len; ++k) op[off + k] = static_cast<scalar_t>(x[k]);
+      }
     });
   });
   return gz;

@@ -3,10 +3,15 @@
 One function, `attention(q, k, v, ...)`, picks the implementation:
   * inside `imtok.use_reference()`: imtok_cuda.reference.attention (explicit softmax, the specification);
   * when a key bias, key mask, packed sequences (cu_seqlens) or a side output (LSE, CLS row, column sums) is
-    asked for: the fused op imtok_cuda.attention (none of these exists in SDPA without an N x N matrix);
-  * otherwise torch's scaled_dot_product_attention. Measured on the 2-vCPU dev VM (README benchmark table,
-    ViT-B/16 shapes): the fused op is 0.9-1.0x of SDPA's speed for the output alone and 0.8x forward+backward,
-    so SDPA is the faster choice when nothing else is needed (on a GPU SDPA runs FlashAttention).
+    asked for: the fused op imtok_cuda.attention. SDPA has no packed sequences and no side outputs, and for a
+    key bias that needs a gradient it falls back to its math path, which holds the N x N matrix (torch 2.14).
+    A key mask, or a bias without gradient, SDPA's CPU kernel takes as a broadcast [B, 1, 1, Nk] mask without
+    that matrix, at the fused op's speed (B=8, H=12, N=1024); they stay on the fused op, whose masking is the
+    same on every device (a query with no visible key gives 0);
+  * otherwise torch's scaled_dot_product_attention. Measured on the busy 2-vCPU dev VM at ViT-B/16 shapes
+    (B=8 and 64, H=12, N=197, d=64, fp32, one thread, interleaved, CPU time): the fused op gives the output
+    alone at 1.00x of SDPA's speed and forward+backward at 1.01-1.06x (0.8x before its one-pass backward), so
+    on a CPU neither choice loses; on a GPU SDPA runs FlashAttention, so plain calls go to SDPA.
     SDPA's causal mask is top-left aligned, ours bottom-right (FlashAttention >= 2.1): with Nq != Nk (decoding
     from a KV cache) a causal call goes to the fused op.
 
