@@ -39,7 +39,8 @@ import math
 
 import torch
 
-from ..attention import AttentionOutputs, pack_outputs  # noqa: F401  (the result type is shared; the computation is the reference's)
+# the result type is shared with the fused op (the computation below is the reference's own)
+from ..attention import AttentionOutputs, pack_outputs  # noqa: F401
 
 
 def _acc_dtype(dtype):
