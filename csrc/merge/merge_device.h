@@ -95,24 +95,24 @@ inline std::tuple<Tensor, Tensor, Tensor> random2d_match(const Tensor& metric, c
 }
 
 // A checked plan and the CSR of each destination's sources, built by a kernel on the plan's device.
-struct DevPlanHolder {
-  imtok::merge::CheckedPlan plan;
+struct DevPlanHolder : imtok::merge::CheckedPlan {
   Tensor off, lst;
-  DevPlan view() const { return plan.view(off.const_data_ptr<int>(), lst.const_data_ptr<int>()); }
+  DevPlan view() const { return CheckedPlan::view(off.const_data_ptr<int>(), lst.const_data_ptr<int>()); }
 };
 
 inline DevPlanHolder make_plan(const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_idx,
                                const c10::optional<Tensor>& a_idx, const c10::optional<Tensor>& b_idx,
                                bool distill, int64_t T, int64_t merged_rows) {
   DevPlanHolder h;
-  h.plan = imtok::merge::checked_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill, T, merged_rows);
-  const PlanDims& d = h.plan.d;
+  static_cast<imtok::merge::CheckedPlan&>(h) =
+      imtok::merge::checked_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill, T, merged_rows);
+  const PlanDims& d = h.d;
   IMTOK_DEVICE_GUARD(src_idx);
   auto stream = IMTOK_CURRENT_STREAM();
   auto iopts = src_idx.options().dtype(c10::kInt);
   h.off = at::empty({d.B, d.Nb + 1}, iopts);
   h.lst = at::empty({d.B, std::max<int64_t>(d.r, 1)}, iopts);
-  IMTOK_LAUNCH(csr_kernel, dim3(unsigned(d.B)), 256, 0, stream, h.plan.dst.const_data_ptr<int64_t>(), d.r, d.Nb,
+  IMTOK_LAUNCH(csr_kernel, dim3(unsigned(d.B)), 256, 0, stream, h.dst.const_data_ptr<int64_t>(), d.r, d.Nb,
                h.off.mutable_data_ptr<int>(), h.lst.mutable_data_ptr<int>());
   return h;
 }
@@ -131,10 +131,10 @@ inline Tensor apply(const Tensor& x_, const Tensor& src_idx, const Tensor& dst_i
   check_dim(x_, 3, "x");
   check_same_device(x_, "x", src_idx, "src_idx");
   DevPlanHolder h = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, x_.size(1), 0);
-  TORCH_CHECK_VALUE(x_.size(0) == h.plan.d.B, "x.shape[0] must be the plan's batch ", h.plan.d.B, ", got shape ", x_.sizes());
+  TORCH_CHECK_VALUE(x_.size(0) == h.d.B, "x.shape[0] must be the plan's batch ", h.d.B, ", got shape ", x_.sizes());
   const Tensor x = x_.contiguous();
   const int64_t C = x.size(2);
-  Tensor out = at::empty({h.plan.d.B, h.plan.d.tout(), C}, x.options());
+  Tensor out = at::empty({h.d.B, h.d.tout(), C}, x.options());
   if (C == 0) return out;
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
@@ -142,7 +142,7 @@ inline Tensor apply(const Tensor& x_, const Tensor& src_idx, const Tensor& dst_i
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_apply_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = apply_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(k, dim3(unsigned(h.plan.d.tout()), unsigned(h.plan.d.B)), threads_for(C), 0, stream,
+    IMTOK_LAUNCH(k, dim3(unsigned(h.d.tout()), unsigned(h.d.B)), threads_for(C), 0, stream,
                  x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), p, C, mc);
   });
   return out;
@@ -156,12 +156,12 @@ inline Tensor apply_backward(const Tensor& grad_, const Tensor& x_, const Tensor
   check_dim(x_, 3, "x");
   DevPlanHolder h = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, x_.size(1), 0);
   const int64_t C = x_.size(2);
-  TORCH_CHECK_VALUE(grad_.dim() == 3 && grad_.size(0) == h.plan.d.B && grad_.size(1) == h.plan.d.tout() && grad_.size(2) == C,
-                    "grad must have shape [", h.plan.d.B, ", ", h.plan.d.tout(), ", ", C, "], got ", grad_.sizes());
+  TORCH_CHECK_VALUE(grad_.dim() == 3 && grad_.size(0) == h.d.B && grad_.size(1) == h.d.tout() && grad_.size(2) == C,
+                    "grad must have shape [", h.d.B, ", ", h.d.tout(), ", ", C, "], got ", grad_.sizes());
   check_same_dtype(grad_, "grad", x_, "x");
   if (mc == 2) TORCH_CHECK_VALUE(out_.sizes() == grad_.sizes(), "out must have the shape of grad");
   const Tensor g = grad_.contiguous(), x = x_.contiguous(), o = mc == 2 ? out_.contiguous() : grad_.contiguous();
-  Tensor gx = at::zeros({h.plan.d.B, h.plan.d.T, C}, x.options());
+  Tensor gx = at::zeros({h.d.B, h.d.T, C}, x.options());
   if (C == 0) return gx;
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
@@ -169,7 +169,7 @@ inline Tensor apply_backward(const Tensor& grad_, const Tensor& x_, const Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_apply_backward_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = apply_backward_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(k, dim3(unsigned(h.plan.d.tout()), unsigned(h.plan.d.B)), threads_for(C), 0, stream,
+    IMTOK_LAUNCH(k, dim3(unsigned(h.d.tout()), unsigned(h.d.B)), threads_for(C), 0, stream,
                  g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(),
                  gx.mutable_data_ptr<scalar_t>(), p, C, mc);
   });
@@ -184,27 +184,27 @@ inline std::tuple<Tensor, Tensor> wavg(const Tensor& x_, const c10::optional<Ten
   check_dim(x_, 3, "x");
   check_same_device(x_, "x", src_idx, "src_idx");
   DevPlanHolder h = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, x_.size(1), 0);
-  TORCH_CHECK_VALUE(x_.size(0) == h.plan.d.B, "x.shape[0] must be the plan's batch ", h.plan.d.B, ", got shape ", x_.sizes());
+  TORCH_CHECK_VALUE(x_.size(0) == h.d.B, "x.shape[0] must be the plan's batch ", h.d.B, ", got shape ", x_.sizes());
   const auto size_opt = defined_or_none(size_);
   Tensor size;
   if (size_opt.has_value()) {
     check_same_dtype(*size_opt, "size", x_, "x");
-    TORCH_CHECK_VALUE(size_opt->dim() == 3 && size_opt->size(0) == h.plan.d.B && size_opt->size(1) == h.plan.d.T &&
+    TORCH_CHECK_VALUE(size_opt->dim() == 3 && size_opt->size(0) == h.d.B && size_opt->size(1) == h.d.T &&
                           size_opt->size(2) == 1,
-                      "size must have shape [", h.plan.d.B, ", ", h.plan.d.T, ", 1], got ", size_opt->sizes());
+                      "size must have shape [", h.d.B, ", ", h.d.T, ", 1], got ", size_opt->sizes());
     size = size_opt->contiguous();
   }
   const Tensor x = x_.contiguous();
   const int64_t C = x.size(2);
-  Tensor out = at::empty({h.plan.d.B, h.plan.d.tout(), C}, x.options());
-  Tensor out_size = at::empty({h.plan.d.B, h.plan.d.tout(), 1}, x.options());
+  Tensor out = at::empty({h.d.B, h.d.tout(), C}, x.options());
+  Tensor out_size = at::empty({h.d.B, h.d.tout(), 1}, x.options());
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
   const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_wavg_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = wavg_kernel<scalar_t, acc_t>;
-    IMTOK_LAUNCH(k, dim3(unsigned(h.plan.d.tout()), unsigned(h.plan.d.B)), threads_for(C), 0, stream,
+    IMTOK_LAUNCH(k, dim3(unsigned(h.d.tout()), unsigned(h.d.B)), threads_for(C), 0, stream,
                  x.const_data_ptr<scalar_t>(), size.defined() ? size.const_data_ptr<scalar_t>() : nullptr,
                  out.mutable_data_ptr<scalar_t>(), out_size.mutable_data_ptr<scalar_t>(), p, C);
   });
@@ -220,7 +220,7 @@ inline std::tuple<Tensor, Tensor> wavg_backward(const Tensor& grad_x_, const c10
   check_floating(x_, "x");
   check_dim(x_, 3, "x");
   DevPlanHolder h = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, x_.size(1), 0);
-  const int64_t B = h.plan.d.B, C = x_.size(2), T = h.plan.d.T, tout = h.plan.d.tout();
+  const int64_t B = h.d.B, C = x_.size(2), T = h.d.T, tout = h.d.tout();
   TORCH_CHECK_VALUE(grad_x_.dim() == 3 && grad_x_.size(0) == B && grad_x_.size(1) == tout && grad_x_.size(2) == C,
                     "grad_x must have shape [", B, ", ", tout, ", ", C, "], got ", grad_x_.sizes());
   TORCH_CHECK_VALUE(out_x_.sizes() == grad_x_.sizes(), "out_x must have shape ", grad_x_.sizes());
@@ -255,17 +255,17 @@ inline Tensor unmerge(const Tensor& y_, const Tensor& src_idx, const Tensor& dst
   check_dim(y_, 3, "y");
   check_same_device(y_, "y", src_idx, "src_idx");
   DevPlanHolder h = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, false, -1, y_.size(1));
-  TORCH_CHECK_VALUE(y_.size(0) == h.plan.d.B, "y.shape[0] must be the plan's batch ", h.plan.d.B, ", got shape ", y_.sizes());
+  TORCH_CHECK_VALUE(y_.size(0) == h.d.B, "y.shape[0] must be the plan's batch ", h.d.B, ", got shape ", y_.sizes());
   const Tensor y = y_.contiguous();
   const int64_t C = y.size(2);
-  Tensor out = at::zeros({h.plan.d.B, h.plan.d.T, C}, y.options());
+  Tensor out = at::zeros({h.d.B, h.d.T, C}, y.options());
   if (C == 0) return out;
   IMTOK_DEVICE_GUARD(y);
   auto stream = IMTOK_CURRENT_STREAM();
   const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, y.scalar_type(), "merge_unmerge_device", [&] {
     auto k = unmerge_kernel<scalar_t>;
-    IMTOK_LAUNCH(k, dim3(unsigned(h.plan.d.tout()), unsigned(h.plan.d.B)), threads_for(C), 0, stream,
+    IMTOK_LAUNCH(k, dim3(unsigned(h.d.tout()), unsigned(h.d.B)), threads_for(C), 0, stream,
                  y.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), p, C);
   });
   return out;
