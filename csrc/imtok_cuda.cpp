@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common/build_info.h"
+#include "common/limits.h"
 
 namespace {
 
@@ -126,5 +127,16 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyModule_AddStringConstant(mod, "torch_version", imtok::kBuiltTorchVersion);
   PyModule_AddIntConstant(mod, "torch_version_major", imtok::kBuiltTorchMajor);
   PyModule_AddIntConstant(mod, "torch_version_minor", imtok::kBuiltTorchMinor);
+  // the kernels' size limits (common/limits.h), read by the Python argument checks
+  PyObject* limits = Py_BuildValue("{s:L,s:L,s:L,s:L,s:L}", "max_topk", static_cast<long long>(imtok::kMaxTopK),
+                                   "max_head_dim", static_cast<long long>(imtok::kMaxHeadDim),
+                                   "max_graph_neighbours", static_cast<long long>(imtok::kMaxGraphNeighbours),
+                                   "max_draft_window", static_cast<long long>(imtok::kMaxDraftWindow),
+                                   "fsq_max_dims", static_cast<long long>(imtok::kFsqMaxDims));
+  if (limits == nullptr || PyModule_AddObject(mod, "limits", limits) < 0) {
+    Py_XDECREF(limits);
+    Py_DECREF(mod);
+    return nullptr;
+  }
   return mod;
 }

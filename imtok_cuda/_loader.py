@@ -38,6 +38,9 @@ def _load():
 C = _load()
 
 
+LIMITS = dict(C.limits)  # the kernels' size limits (csrc/common/limits.h): max_topk, max_head_dim, ...
+
+
 def emulation_available():
     """True when the build has the emulated CUDA kernels (torch.ops.imtok_cuda_emu.*)."""
     return bool(C.emulated_cuda)

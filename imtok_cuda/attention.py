@@ -37,16 +37,38 @@ Conventions (identical to imtok_cuda.reference.attention, the specification):
   are scores for choosing tokens). The backward is deterministic (no atomics).
 """
 import math
+from collections import namedtuple
 
 import torch
 
 from . import _loader  # noqa: F401  (loads the kernels)
 from ._args import as_bool, as_float, as_int, fcheck, fcheck_dim, fcheck_dtype, fcheck_floating
-from .reference.attention import AttentionOutputs
+from ._register import register_autograd, register_fake
 
 __all__ = ["attention", "attention_with_side_outputs", "cls_attention", "AttentionOutputs", "MAX_HEAD_DIM"]
 
-MAX_HEAD_DIM = 128
+MAX_HEAD_DIM = _loader.LIMITS["max_head_dim"]
+
+AttentionOutputs = namedtuple(
+    "AttentionOutputs", ["out", "lse", "cls_attn", "cls_attn_mean", "col_sum", "col_sum_mean"]
+)
+AttentionOutputs.__doc__ = """Output of attention with side outputs; fields not requested are None."""
+
+
+def pack_outputs(out, lse, cls_attn, col_sum, return_lse, return_cls_attn, return_col_sum):
+    """What attention() returns (also the reference's): out alone when no side output is requested, else
+    AttentionOutputs with the requested fields and their means over heads."""
+    if not (return_lse or return_cls_attn or return_col_sum):
+        return out
+    return AttentionOutputs(
+        out,
+        lse if return_lse else None,
+        cls_attn if return_cls_attn else None,
+        cls_attn.mean(dim=1) if return_cls_attn else None,
+        col_sum if return_col_sum else None,
+        col_sum.mean(dim=1) if return_col_sum else None,
+    )
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -143,32 +165,11 @@ def attention(
         as_bool(return_col_sum, "return_col_sum"), start, end,
         cu_seqlens,
     )
-    if not (return_lse or return_cls_attn or return_col_sum):
-        return out
-    return AttentionOutputs(
-        out,
-        lse if return_lse else None,
-        cls if return_cls_attn else None,
-        cls.mean(dim=1) if return_cls_attn else None,
-        col if return_col_sum else None,
-        col.mean(dim=1) if return_col_sum else None,
-    )
+    return pack_outputs(out, lse, cls, col, return_lse, return_cls_attn, return_col_sum)
 
 
-def attention_with_side_outputs(
-    q,
-    k,
-    v,
-    key_bias=None,
-    key_mask=None,
-    causal=False,
-    scale=None,
-    cls_attn=True,
-    col_sum=True,
-    lse=True,
-    col_sum_queries=None,
-    cu_seqlens=None,
-):
+def attention_with_side_outputs(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, cls_attn=True,
+                                col_sum=True, lse=True, col_sum_queries=None, cu_seqlens=None):
     """attention() that always returns AttentionOutputs; by default with lse, the CLS row (per head and head
     mean) and the column sums (per head and head mean). This is the hook token-reduction modules call in place
     of `softmax(q k^T) v` + probability post-processing: one pass, O(N d) extra memory."""
@@ -226,7 +227,7 @@ def _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens):
         for i in range(4):
             fcheck(t.shape[i] == want[i], lambda: "%s.shape[%d] must be %s, got shape %s" % (
                 n, i, want[i], tuple(t.shape)))
-    fcheck(1 <= d <= 128, lambda: "q.shape[3] (head dim d) must be in [1, 128], got %s" % d)
+    fcheck(1 <= d <= MAX_HEAD_DIM, lambda: "q.shape[3] (head dim d) must be in [1, %d], got %s" % (MAX_HEAD_DIM, d))
     if key_bias is not None:
         fcheck_dim(key_bias, 2, "key_bias")
         fcheck_floating(key_bias, "key_bias")
@@ -247,7 +248,7 @@ def _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens):
         fcheck(Nq == Nk, "with cu_seqlens, q and k must have the same number of tokens")
 
 
-@torch.library.register_fake("imtok_cuda::attention_forward")
+@register_fake("attention_forward")
 def _forward_fake(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, return_cls_attn=False,
                   return_col_sum=False, col_sum_start=0, col_sum_end=-1, cu_seqlens=None):
     _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens)
@@ -263,7 +264,7 @@ def _forward_fake(q, k, v, key_bias=None, key_mask=None, causal=False, scale=Non
     return out, lse, cls, col
 
 
-@torch.library.register_fake("imtok_cuda::attention_backward")
+@register_fake("attention_backward")
 def _backward_fake(grad_out, grad_lse, q, k, v, out, lse, key_bias=None, key_mask=None, causal=False, scale=None,
                    cu_seqlens=None, need_bias_grad=False):
     _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens)
@@ -287,12 +288,12 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, key_bias, key_mask, cu_seqlens)
 
 
-def _backward(ctx, grad_out, grad_lse, grad_cls, grad_col):
+def _backward(ops, ctx, grad_out, grad_lse, grad_cls, grad_col):
     q, k, v, out, lse, key_bias, key_mask, cu_seqlens = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     need_bias = ctx.has_bias and ctx.needs_input_grad[3]
-    dq, dk, dv, dbias = torch.ops.imtok_cuda.attention_backward(
+    dq, dk, dv, dbias = ops.attention_backward(
         grad_out, grad_lse, q, k, v, out, lse,
         key_bias if ctx.has_bias else None, key_mask if ctx.has_mask else None, ctx.causal, ctx.scale,
         cu_seqlens if ctx.has_cu else None, need_bias,
@@ -300,4 +301,4 @@ def _backward(ctx, grad_out, grad_lse, grad_cls, grad_col):
     return (dq, dk, dv, dbias if need_bias else None) + (None,) * 8
 
 
-torch.library.register_autograd("imtok_cuda::attention_forward", _backward, setup_context=_setup)
+register_autograd("attention_forward", _backward, _setup)

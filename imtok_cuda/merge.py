@@ -16,7 +16,7 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the extension)
 from ._args import as_bool, as_int, checked_mul, fcheck, fcheck_dim, fcheck_dtype, fcheck_floating
-from .reference import merge as _ref
+from ._register import register_autograd, register_fake
 
 _ops = torch.ops.imtok_cuda
 
@@ -70,7 +70,12 @@ def random2d_split(rand_idx: torch.Tensor, h: int, w: int, sx: int, sy: int):
     if rand_idx.device.type == "cpu":
         return _ops.merge_random2d_split(rand_idx, h, w, sx, sy)
     _split_dims(rand_idx, h, w, sx, sy)
-    return _ref.random2d_split(rand_idx, h, w, sx, sy)
+    hsy, wsx = h // sy, w // sx
+    cells = torch.zeros(hsy, wsx, sy * sx, device=rand_idx.device, dtype=torch.int64).scatter_(2, rand_idx, -1)
+    buf = torch.zeros(h, w, device=rand_idx.device, dtype=torch.int64)  # -1 at each cell's destination
+    buf[: hsy * sy, : wsx * sx] = cells.view(hsy, wsx, sy, sx).transpose(1, 2).reshape(hsy * sy, wsx * sx)
+    order = buf.reshape(1, -1, 1).argsort(dim=1)[0, :, 0]  # tomesd's call, so its (unstable) order on this device
+    return order[hsy * wsx:], order[: hsy * wsx]
 
 
 def random2d_match(metric: torch.Tensor, a_idx: torch.Tensor, b_idx: torch.Tensor, r: int) -> MergePlan:
@@ -84,7 +89,7 @@ def _fake_metric(metric):
     fcheck_dim(metric, 3, "metric")
 
 
-@torch.library.register_fake("imtok_cuda::merge_tome_match")
+@register_fake("merge_tome_match")
 def _(metric, r, class_token=False, distill_token=False):
     _fake_metric(metric)
     B, T, _ = metric.shape
@@ -110,7 +115,7 @@ def _split_dims(rand_idx, h, w, sx, sy):
     return n, nd
 
 
-@torch.library.register_fake("imtok_cuda::merge_random2d_split")
+@register_fake("merge_random2d_split")
 def _(rand_idx, h, w, sx, sy):
     n, nd = _split_dims(rand_idx, h, w, sx, sy)
     return rand_idx.new_empty((n - nd,)), rand_idx.new_empty((nd,))
@@ -123,7 +128,7 @@ def _fake_split(a_idx, b_idx):
     fcheck_dim(b_idx, 1, "b_idx")
 
 
-@torch.library.register_fake("imtok_cuda::merge_random2d_match")
+@register_fake("merge_random2d_match")
 def _(metric, a_idx, b_idx, r):
     _fake_metric(metric)
     _fake_split(a_idx, b_idx)
@@ -193,7 +198,7 @@ def _fake_mode(mode):
     fcheck(mode in _MODE_CODES, lambda: "mode must be 'sum', 'mean' or 'amax', got '%s'" % (mode,))
 
 
-@torch.library.register_fake("imtok_cuda::merge_apply")
+@register_fake("merge_apply")
 def _(x, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, mode="mean", distill_token=False):
     _fake_mode(mode)
     fcheck_floating(x, "x")
@@ -203,7 +208,7 @@ def _(x, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, mode="mean", distill
     return x.new_empty((B, U + Nb, x.shape[2]))
 
 
-@torch.library.register_fake("imtok_cuda::merge_apply_backward")
+@register_fake("merge_apply_backward")
 def _(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, mode, distill_token):
     _fake_mode(mode)
     fcheck_floating(x, "x")
@@ -215,7 +220,7 @@ def _(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, mode, distill_token
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("imtok_cuda::merge_wavg")
+@register_fake("merge_wavg")
 def _(x, size, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, distill_token=False):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")
@@ -229,7 +234,7 @@ def _(x, size, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None, distill_token=
     return x.new_empty((B, n, x.shape[2])), x.new_empty((B, n, 1))
 
 
-@torch.library.register_fake("imtok_cuda::merge_wavg_backward")
+@register_fake("merge_wavg_backward")
 def _(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")
@@ -240,7 +245,7 @@ def _(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx, a_
     return x.new_empty((B, T, x.shape[2])), x.new_empty((B, T, 1))
 
 
-@torch.library.register_fake("imtok_cuda::merge_unmerge")
+@register_fake("merge_unmerge")
 def _(y, src_idx, dst_idx, unm_idx, a_idx=None, b_idx=None):
     fcheck_floating(y, "y")
     fcheck_dim(y, 3, "y")
@@ -257,17 +262,17 @@ def _apply_setup(ctx, inputs, output):
     ctx.x_meta = (x.shape, x.dtype, x.device)
 
 
-def _apply_backward(ctx, grad):
+def _apply_backward(ops, ctx, grad):
     x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx = ctx.saved_tensors
     if x is None:
         shape, dtype, device = ctx.x_meta
-        x = grad.new_empty(0).expand(shape) if False else torch.empty(shape, dtype=dtype, device=device)
+        x = torch.empty(shape, dtype=dtype, device=device)
         out = grad
-    gx = _ops.merge_apply_backward(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, ctx.mode, ctx.distill)
+    gx = ops.merge_apply_backward(grad, x, out, src_idx, dst_idx, unm_idx, a_idx, b_idx, ctx.mode, ctx.distill)
     return gx, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("imtok_cuda::merge_apply", _apply_backward, setup_context=_apply_setup)
+register_autograd("merge_apply", _apply_backward, _apply_setup)
 
 
 def _wavg_setup(ctx, inputs, output):
@@ -277,16 +282,16 @@ def _wavg_setup(ctx, inputs, output):
     ctx.save_for_backward(x, size, output[0], output[1], src_idx, dst_idx, unm_idx, a_idx, b_idx)
 
 
-def _wavg_backward(ctx, grad_x, grad_size):
+def _wavg_backward(ops, ctx, grad_x, grad_size):
     x, size, out_x, out_size, src_idx, dst_idx, unm_idx, a_idx, b_idx = ctx.saved_tensors
     if grad_x is None:
         grad_x = torch.zeros_like(out_x)
-    gx, gs = _ops.merge_wavg_backward(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx,
+    gx, gs = ops.merge_wavg_backward(grad_x, grad_size, x, size, out_x, out_size, src_idx, dst_idx, unm_idx,
                                       a_idx, b_idx, ctx.distill)
     return gx, (gs if ctx.has_size else None), None, None, None, None, None, None
 
 
-torch.library.register_autograd("imtok_cuda::merge_wavg", _wavg_backward, setup_context=_wavg_setup)
+register_autograd("merge_wavg", _wavg_backward, _wavg_setup)
 
 
 def _unmerge_setup(ctx, inputs, output):
@@ -294,14 +299,14 @@ def _unmerge_setup(ctx, inputs, output):
     ctx.save_for_backward(src_idx, dst_idx, unm_idx, a_idx, b_idx)
 
 
-def _unmerge_backward(ctx, grad):
+def _unmerge_backward(ops, ctx, grad):
     src_idx, dst_idx, unm_idx, a_idx, b_idx = ctx.saved_tensors
     # unmerge copies each output row to its members; its adjoint sums the members: a "sum" merge.
-    gy = torch.ops.imtok_cuda.merge_apply(grad, src_idx, dst_idx, unm_idx, a_idx, b_idx, "sum", False)
+    gy = ops.merge_apply(grad, src_idx, dst_idx, unm_idx, a_idx, b_idx, "sum", False)
     return gy, None, None, None, None, None
 
 
-torch.library.register_autograd("imtok_cuda::merge_unmerge", _unmerge_backward, setup_context=_unmerge_setup)
+register_autograd("merge_unmerge", _unmerge_backward, _unmerge_setup)
 
 
 _MODES = ("sum", "mean", "amax")
@@ -352,7 +357,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool = Fa
     """ToMe's bipartite_soft_matching with fused kernels: (merge, unmerge), identity when the clamped r <= 0."""
     _check_metric(metric)
     r = as_int(r, "r")
-    if _ref.tome_clamp_r(metric.shape[1], r, class_token, distill_token) <= 0:
+    if min(r, (metric.shape[1] - int(bool(class_token)) - int(bool(distill_token))) // 2) <= 0:  # ToMe's clamp
         return do_nothing, do_nothing
     plan = tome_match(metric, r, class_token, distill_token)
     return _Merge(plan), _Unmerge(plan)
@@ -370,7 +375,12 @@ def bipartite_soft_matching_random2d(metric: torch.Tensor, w: int, h: int, sx: i
         raise ValueError("sx and sy must be in [1, w] and [1, h], got sx=%d, sy=%d" % (sx, sy))
     if r <= 0:
         return do_nothing, do_nothing
-    rand_idx = _ref.random2d_rand_idx(h, w, sx, sy, no_rand, generator, metric.device)
+    cells = (h // sy, w // sx, 1)  # tomesd's draw of each cell's destination
+    if no_rand:
+        rand_idx = torch.zeros(cells, device=metric.device, dtype=torch.int64)
+    else:
+        generator = torch.default_generator if generator is None else generator
+        rand_idx = torch.randint(sy * sx, cells, device=generator.device, generator=generator).to(metric.device)
     a_idx, b_idx = random2d_split(rand_idx, h, w, sx, sy)
     plan = random2d_match(metric, a_idx, b_idx, r)
     return _Merge(plan), _Unmerge(plan)
@@ -379,8 +389,10 @@ def bipartite_soft_matching_random2d(metric: torch.Tensor, w: int, h: int, sx: i
 def merge_wavg(merge: Callable, x: torch.Tensor, size: Optional[torch.Tensor] = None):
     """ToMe's merge_wavg(merge, x, size) -> (x, size); one fused pass when `merge` comes from this module."""
     plan = getattr(merge, "plan", None)
-    if plan is None:  # do_nothing or a foreign merge: upstream semantics
-        return _ref.merge_wavg(merge, x, size)
+    if plan is None:  # do_nothing or a foreign merge: ToMe's two sum-merges
+        size = torch.ones_like(x[..., 0, None]) if size is None else size
+        merged_size = merge(size, mode="sum")
+        return merge(x * size, mode="sum") / merged_size, merged_size
     return merge_wavg_plan(x, plan, size)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the extension)
 from ._args import as_bool, as_float, as_int, fcheck, fcheck_dim, fcheck_dtype, fcheck_floating, fcheck_type
+from ._register import register_autograd, register_fake
 
 __all__ = [
     "evit_left_tokens", "evit_cls_attn", "evit_keep_fuse",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 _ops = torch.ops.imtok_cuda
+_MAX_NEIGHBOURS = _loader.LIMITS["max_graph_neighbours"]
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -92,7 +94,7 @@ def _fsame(a, na, b, nb):
         na, nb, a.dtype, b.dtype))
 
 
-@torch.library.register_fake("imtok_cuda::prune_evit_keep_fuse")
+@register_fake("prune_evit_keep_fuse")
 def _evit_fake(x, cls_attn, left, fuse=True):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")
@@ -107,7 +109,7 @@ def _evit_fake(x, cls_attn, left, fuse=True):
     return x.new_empty(B, left + 1 + int(fuse), C), x.new_empty(B, left, dtype=torch.long)
 
 
-@torch.library.register_fake("imtok_cuda::prune_evit_keep_fuse_backward")
+@register_fake("prune_evit_keep_fuse_backward")
 def _evit_bwd_fake(grad_out, x, cls_attn, kept_idx, fuse):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")
@@ -137,15 +139,15 @@ def _evit_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _evit_backward(ctx, grad_out, grad_kept):
+def _evit_backward(ops, ctx, grad_out, grad_kept):
     x, cls_attn, kept = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, None
-    gx, ga = _ops.prune_evit_keep_fuse_backward(grad_out.contiguous(), x, cls_attn, kept, ctx.fuse)
+    gx, ga = ops.prune_evit_keep_fuse_backward(grad_out.contiguous(), x, cls_attn, kept, ctx.fuse)
     return gx, ga, None, None
 
 
-torch.library.register_autograd("imtok_cuda::prune_evit_keep_fuse", _evit_backward, setup_context=_evit_setup)
+register_autograd("prune_evit_keep_fuse", _evit_backward, _evit_setup)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def gtp_propagate(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, token_scales=Non
     return out, _ops.prune_gtp_graph_select(nbr_idx, nbr_w, kept_idx), ts
 
 
-@torch.library.register_fake("imtok_cuda::prune_gtp_graph")
+@register_fake("prune_gtp_graph")
 def _gtp_graph_fake(x, graph_type="spatial", num_neighbours=8):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")
@@ -242,7 +244,8 @@ def _gtp_graph_fake(x, graph_type="spatial", num_neighbours=8):
     fcheck(M >= 1, lambda: "x must hold the CLS token and at least one image token, got shape %s" % (
         tuple(x.shape),))
     if graph_type != "spatial":
-        fcheck(1 <= num_neighbours <= 32, lambda: "num_neighbours must be in [1, 32], got %s" % num_neighbours)
+        fcheck(1 <= num_neighbours <= _MAX_NEIGHBOURS, lambda: "num_neighbours must be in [1, %d], got %s" % (
+            _MAX_NEIGHBOURS, num_neighbours))
         fcheck(num_neighbours <= M - 1, lambda: "num_neighbours must be < the number of image tokens (%s), got %s"
                % (M, num_neighbours))
     if graph_type != "semantic":
@@ -273,7 +276,7 @@ def _fake_alpha(alpha):
     fcheck(math.isfinite(alpha), lambda: "alpha must be finite, got %s" % alpha)
 
 
-@torch.library.register_fake("imtok_cuda::prune_gtp_propagate")
+@register_fake("prune_gtp_propagate")
 def _gtp_prop_fake(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")
@@ -288,7 +291,7 @@ def _gtp_prop_fake(x, kept_idx, prop_idx, nbr_idx, nbr_w, alpha):
     return x.new_empty(x.shape[0], kept_idx.shape[1] + 1, x.shape[2])
 
 
-@torch.library.register_fake("imtok_cuda::prune_gtp_propagate_backward")
+@register_fake("prune_gtp_propagate_backward")
 def _gtp_prop_bwd_fake(grad_out, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, num_tokens):
     fcheck_floating(grad_out, "grad_out")
     fcheck_dim(grad_out, 3, "grad_out")
@@ -304,7 +307,7 @@ def _gtp_prop_bwd_fake(grad_out, kept_idx, prop_idx, nbr_idx, nbr_w, alpha, num_
     return grad_out.new_empty(grad_out.shape[0], num_tokens, grad_out.shape[2])
 
 
-@torch.library.register_fake("imtok_cuda::prune_gtp_graph_select")
+@register_fake("prune_gtp_graph_select")
 def _gtp_select_fake(nbr_idx, nbr_w, kept_idx):
     fcheck_dtype(nbr_idx, torch.int64, "nbr_idx")
     fcheck_dim(nbr_idx, 3, "nbr_idx")
@@ -324,14 +327,14 @@ def _gtp_setup(ctx, inputs, output):
     ctx.num_tokens = x.shape[1]
 
 
-def _gtp_backward(ctx, grad_out):
+def _gtp_backward(ops, ctx, grad_out):
     kept, prop, nbr_idx, nbr_w = ctx.saved_tensors
-    gx = _ops.prune_gtp_propagate_backward(grad_out.contiguous(), kept, prop, nbr_idx, nbr_w, ctx.alpha,
+    gx = ops.prune_gtp_propagate_backward(grad_out.contiguous(), kept, prop, nbr_idx, nbr_w, ctx.alpha,
                                            ctx.num_tokens)
     return gx, None, None, None, None, None
 
 
-torch.library.register_autograd("imtok_cuda::prune_gtp_propagate", _gtp_backward, setup_context=_gtp_setup)
+register_autograd("prune_gtp_propagate", _gtp_backward, _gtp_setup)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,7 +350,7 @@ def cls_attn(q, k, scale):
     return _ops.prune_cls_attn(q, k, as_float(scale, "scale"))
 
 
-@torch.library.register_fake("imtok_cuda::prune_cls_attn")
+@register_fake("prune_cls_attn")
 def _cls_attn_fake(q, k, scale):
     fcheck_floating(q, "q")
     fcheck_dim(q, 4, "q")
@@ -392,7 +395,7 @@ def fastervlm_prune(image_features, scores, k, packed=False):
     return p.view(image_features.shape[0], k, image_features.shape[-1]), mask
 
 
-@torch.library.register_fake("imtok_cuda::prune_topk_mask")
+@register_fake("prune_topk_mask")
 def _topk_mask_fake(scores, k):
     fcheck_floating(scores, "scores")
     fcheck_dim(scores, 2, "scores")
@@ -401,7 +404,7 @@ def _topk_mask_fake(scores, k):
     return scores.new_empty(scores.shape, dtype=torch.bool)
 
 
-@torch.library.register_fake("imtok_cuda::prune_gather_packed")
+@register_fake("prune_gather_packed")
 def _gather_packed_fake(x, mask):
     fcheck_floating(x, "x")
     fcheck_dim(x, 3, "x")

@@ -28,10 +28,12 @@ import math
 import torch
 
 from . import _loader  # noqa: F401  (loads the extension)
+from ._register import register_fake
 
 __all__ = ["sample_logits", "maskgit_step", "gsd_verify", "draw_seed"]
 
 _ops = torch.ops.imtok_cuda
+_MAX_WINDOW = _loader.LIMITS["max_draft_window"]
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _LOGIT_DTYPES = "float16, bfloat16 or float32"
 
@@ -143,7 +145,7 @@ def _fake_check_sample(logits, uncond_logits, temperature, top_k, top_p):
     _check_filters(temperature, top_k, top_p, logits.shape[1])
 
 
-@torch.library.register_fake("imtok_cuda::sampling_sample_logits")
+@register_fake("sampling_sample_logits")
 def _sample_fake(logits, uncond_logits=None, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0):
     _fake_check_sample(logits, uncond_logits, temperature, top_k, top_p)
     _check_real(cfg_scale, "cfg_scale")
@@ -198,7 +200,7 @@ def maskgit_step(logits, tokens, mask_token_id, mask_len, uncond_logits=None, gu
                                       softmax_temperature, randomize_temperature, seed)
 
 
-@torch.library.register_fake("imtok_cuda::sampling_maskgit_step")
+@register_fake("sampling_maskgit_step")
 def _maskgit_fake(logits, tokens, mask_token_id, mask_len, uncond_logits=None, guidance_scale=0.0, cfg_form="muse",
                   softmax_temperature=1.0, randomize_temperature=0.0, seed=0):
     _check_logits(logits, "logits", 3)
@@ -242,7 +244,7 @@ def _check_gsd(draft_tokens, target_logits, draft_logits, embedding, window, pro
     for t, n in ((draft_tokens, "draft_tokens"), (draft_logits, "draft_logits"), (embedding, "embedding")):
         if t.device != target_logits.device:
             raise ValueError("%s must be on %s (target_logits' device), got %s" % (n, target_logits.device, t.device))
-    _check_int(window, "window", 0, 64)
+    _check_int(window, "window", 0, _MAX_WINDOW)
     _check_real(prob_threshold, "prob_threshold", lo=0.0)
     _check_real(dist_threshold, "dist_threshold", lo=0.0)
     _check_filters(temperature, top_k, top_p, V)
@@ -272,7 +274,7 @@ def gsd_verify(draft_tokens, target_logits, draft_logits, embedding, window=7, p
                                     float(top_p), seed)
 
 
-@torch.library.register_fake("imtok_cuda::sampling_gsd_verify")
+@register_fake("sampling_gsd_verify")
 def _gsd_fake(draft_tokens, target_logits, draft_logits, embedding, window=7, prob_threshold=0.15,
               dist_threshold=0.5, temperature=1.0, top_k=0, top_p=1.0, seed=0):
     _check_gsd(draft_tokens, target_logits, draft_logits, embedding, window, prob_threshold, dist_threshold,

@@ -13,6 +13,7 @@ from torch import nn
 
 from . import _loader  # noqa: F401
 from ._args import as_int, checked_mul, fcheck, fcheck_dim, fcheck_floating, fcheck_type
+from ._register import register_autograd, register_fake
 
 _ops = torch.ops.imtok_cuda
 
@@ -94,25 +95,25 @@ def _dims(x, h, w, s, op, weight=None, bias=None):
     return B, Q, S, T, D, N
 
 
-@torch.library.register_fake("imtok_cuda::shuffle_token_shuffle")
+@register_fake("shuffle_token_shuffle")
 def _(x, h, w, s):
     B, Q, S, T, D, _ = _dims(x, h, w, s, _TOKEN_SHUFFLE)
     return x.new_empty((B, Q, S * D))
 
 
-@torch.library.register_fake("imtok_cuda::shuffle_token_unshuffle")
+@register_fake("shuffle_token_unshuffle")
 def _(x, h, w, s):
     B, Q, S, T, D, _ = _dims(x, h, w, s, _TOKEN_UNSHUFFLE)
     return x.new_empty((B, T, D))
 
 
-@torch.library.register_fake("imtok_cuda::shuffle_linear")
+@register_fake("shuffle_linear")
 def _(x, h, w, s, weight, bias=None):
     B, Q, S, T, D, N = _dims(x, h, w, s, _SHUFFLE_LINEAR, weight, bias)
     return x.new_empty((B, Q, N))
 
 
-@torch.library.register_fake("imtok_cuda::shuffle_linear_unshuffle")
+@register_fake("shuffle_linear_unshuffle")
 def _(x, h, w, s, weight, bias=None):
     B, Q, S, T, D, N = _dims(x, h, w, s, _LINEAR_UNSHUFFLE, weight, bias)
     return x.new_empty((B, T, D))
@@ -123,16 +124,16 @@ def _perm_setup(ctx, inputs, output):
     _, ctx.h, ctx.w, ctx.s = inputs
 
 
-def _shuffle_bwd(ctx, g):
-    return _ops.shuffle_token_unshuffle(g, ctx.h, ctx.w, ctx.s), None, None, None
+def _shuffle_bwd(ops, ctx, g):
+    return ops.shuffle_token_unshuffle(g, ctx.h, ctx.w, ctx.s), None, None, None
 
 
-def _unshuffle_bwd(ctx, g):
-    return _ops.shuffle_token_shuffle(g, ctx.h, ctx.w, ctx.s), None, None, None
+def _unshuffle_bwd(ops, ctx, g):
+    return ops.shuffle_token_shuffle(g, ctx.h, ctx.w, ctx.s), None, None, None
 
 
-torch.library.register_autograd("imtok_cuda::shuffle_token_shuffle", _shuffle_bwd, setup_context=_perm_setup)
-torch.library.register_autograd("imtok_cuda::shuffle_token_unshuffle", _unshuffle_bwd, setup_context=_perm_setup)
+register_autograd("shuffle_token_shuffle", _shuffle_bwd, _perm_setup)
+register_autograd("shuffle_token_unshuffle", _unshuffle_bwd, _perm_setup)
 
 
 def _lin_setup(ctx, inputs, output):
@@ -141,28 +142,28 @@ def _lin_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight)
 
 
-def _shuffle_linear_bwd(ctx, g):
+def _shuffle_linear_bwd(ops, ctx, g):
     x, weight = ctx.saved_tensors
     h, w, s = ctx.h, ctx.w, ctx.s
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:  # unshuffle(g @ W): the mirrored fused op with W^T
-        gx = _ops.shuffle_linear_unshuffle(g, h, w, s, weight.t().contiguous(), None)
+        gx = ops.shuffle_linear_unshuffle(g, h, w, s, weight.t().contiguous(), None)
     if ctx.needs_input_grad[4]:
-        xs = _ops.shuffle_token_shuffle(x, h, w, s)
+        xs = ops.shuffle_token_shuffle(x, h, w, s)
         gw = g.reshape(-1, g.shape[-1]).t() @ xs.reshape(-1, xs.shape[-1])
     if ctx.has_bias and ctx.needs_input_grad[5]:
         gb = g.reshape(-1, g.shape[-1]).sum(0)
     return gx, None, None, None, gw, gb
 
 
-def _linear_unshuffle_bwd(ctx, g):
+def _linear_unshuffle_bwd(ops, ctx, g):
     x, weight = ctx.saved_tensors
     h, w, s = ctx.h, ctx.w, ctx.s
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:  # shuffle(g) @ W: the mirrored fused op with W^T
-        gx = _ops.shuffle_linear(g, h, w, s, weight.t().contiguous(), None)
+        gx = ops.shuffle_linear(g, h, w, s, weight.t().contiguous(), None)
     if ctx.needs_input_grad[4] or (ctx.has_bias and ctx.needs_input_grad[5]):
-        gs = _ops.shuffle_token_shuffle(g, h, w, s).reshape(-1, weight.shape[0])
+        gs = ops.shuffle_token_shuffle(g, h, w, s).reshape(-1, weight.shape[0])
         if ctx.needs_input_grad[4]:
             gw = gs.t() @ x.reshape(-1, x.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[5]:
@@ -170,9 +171,8 @@ def _linear_unshuffle_bwd(ctx, g):
     return gx, None, None, None, gw, gb
 
 
-torch.library.register_autograd("imtok_cuda::shuffle_linear", _shuffle_linear_bwd, setup_context=_lin_setup)
-torch.library.register_autograd("imtok_cuda::shuffle_linear_unshuffle", _linear_unshuffle_bwd,
-                                setup_context=_lin_setup)
+register_autograd("shuffle_linear", _shuffle_linear_bwd, _lin_setup)
+register_autograd("shuffle_linear_unshuffle", _linear_unshuffle_bwd, _lin_setup)
 
 
 class ShuffleLinear(nn.Module):

@@ -20,6 +20,7 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the compiled ops)
 from ._args import as_bool, as_float, as_int, fcheck, fcheck_dim, fcheck_floating
+from ._register import register_autograd, register_fake
 
 __all__ = ["render", "entropy_partition", "region_complexity"]
 
@@ -119,47 +120,41 @@ def _fake_render_args(geometry, features, H, W, box_sigma, lengths):
                           "got %s" % (lengths.dtype,))
 
 
-def _register(ns):
-    lib = "{}::".format(ns)
-
-    @torch.library.register_fake(lib + "splat_render")
-    def _render_fake(geometry, features, H, W, box_sigma=3.0, lengths=None, normalize=False):
-        _fake_render_args(geometry, features, H, W, box_sigma, lengths)
-        return features.new_empty((geometry.shape[0], features.shape[2], H, W))
-
-    @torch.library.register_fake(lib + "splat_render_backward")
-    def _backward_fake(grad_out, geometry, features, out, H, W, box_sigma, lengths, normalize):
-        _fake_render_args(geometry, features, H, W, box_sigma, lengths)
-        fcheck_dim(grad_out, 4, "grad_out")
-        want = (geometry.shape[0], features.shape[2], H, W)
-        fcheck(tuple(grad_out.shape) == want, lambda: "grad_out must have shape [B, C, H, W] = %s, got %s" % (
-            list(want), tuple(grad_out.shape)))
-        fcheck_floating(grad_out, "grad_out")
-        if normalize:
-            fcheck(out is not None, "out (the forward output) is required when normalize=True")
-            fcheck(tuple(out.shape) == tuple(grad_out.shape), "out must have the shape of grad_out")
-        return torch.empty_like(geometry, memory_format=torch.contiguous_format), torch.empty_like(
-            features, memory_format=torch.contiguous_format)
-
-    backward_op = getattr(torch.ops, ns).splat_render_backward
-
-    def _setup(ctx, inputs, output):
-        geometry, features, H, W, box_sigma, lengths, normalize = inputs
-        ctx.H, ctx.W, ctx.box_sigma, ctx.normalize = H, W, box_sigma, normalize
-        ctx.save_for_backward(geometry, features, lengths, output if normalize else None)
-
-    def _backward(ctx, grad):
-        geometry, features, lengths, out = ctx.saved_tensors
-        dg, df = backward_op(grad.contiguous(), geometry, features, out, ctx.H, ctx.W, ctx.box_sigma, lengths,
-                             ctx.normalize)
-        return dg, df, None, None, None, None, None
-
-    torch.library.register_autograd(lib + "splat_render", _backward, setup_context=_setup)
+@register_fake("splat_render")
+def _render_fake(geometry, features, H, W, box_sigma=3.0, lengths=None, normalize=False):
+    _fake_render_args(geometry, features, H, W, box_sigma, lengths)
+    return features.new_empty((geometry.shape[0], features.shape[2], H, W))
 
 
-_register("imtok_cuda")
-if hasattr(torch.ops, "imtok_cuda_emu") and hasattr(torch.ops.imtok_cuda_emu, "splat_render"):
-    _register("imtok_cuda_emu")
+@register_fake("splat_render_backward")
+def _backward_fake(grad_out, geometry, features, out, H, W, box_sigma, lengths, normalize):
+    _fake_render_args(geometry, features, H, W, box_sigma, lengths)
+    fcheck_dim(grad_out, 4, "grad_out")
+    want = (geometry.shape[0], features.shape[2], H, W)
+    fcheck(tuple(grad_out.shape) == want, lambda: "grad_out must have shape [B, C, H, W] = %s, got %s" % (
+        list(want), tuple(grad_out.shape)))
+    fcheck_floating(grad_out, "grad_out")
+    if normalize:
+        fcheck(out is not None, "out (the forward output) is required when normalize=True")
+        fcheck(tuple(out.shape) == tuple(grad_out.shape), "out must have the shape of grad_out")
+    return torch.empty_like(geometry, memory_format=torch.contiguous_format), torch.empty_like(
+        features, memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output):
+    geometry, features, H, W, box_sigma, lengths, normalize = inputs
+    ctx.H, ctx.W, ctx.box_sigma, ctx.normalize = H, W, box_sigma, normalize
+    ctx.save_for_backward(geometry, features, lengths, output if normalize else None)
+
+
+def _backward(ops, ctx, grad):
+    geometry, features, lengths, out = ctx.saved_tensors
+    dg, df = ops.splat_render_backward(grad.contiguous(), geometry, features, out, ctx.H, ctx.W, ctx.box_sigma,
+                                       lengths, ctx.normalize)
+    return dg, df, None, None, None, None, None
+
+
+register_autograd("splat_render", _backward, _setup)
 
 
 # ---- entropy-driven initial partition (GPSToken) ------------------------------------------------------------

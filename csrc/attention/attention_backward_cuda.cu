@@ -3,4 +3,4 @@
 
 #include "attention/attention_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { m.impl("attention_backward", &imtok::cuda_impl::attention::backward); }
+TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { imtok::cuda_impl::attention::register_backward_kernels(m); }

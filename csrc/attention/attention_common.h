@@ -15,11 +15,10 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/limits.h"
 
 namespace imtok {
 namespace attention {
-
-constexpr int64_t kMaxHeadDim = 128;
 
 // One independent attention problem: batch b, queries [qo, qo + nq), keys [ko, ko + nk) of that batch.
 // Dense inputs have one segment per batch; packed inputs (cu_seqlens) one per sequence, all with b = 0.

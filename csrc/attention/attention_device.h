@@ -2,6 +2,8 @@
 // with the execution shim for the emulated test ops (CPU tensors).
 #pragma once
 
+#include <torch/library.h>
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -322,6 +324,15 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_simt(
     c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
   return backward_impl(grad_out, grad_lse, q, k, v, out, lse, key_bias, key_mask, causal, scale, cu_seqlens,
                        need_bias_grad, /*tensor_cores=*/false);
+}
+
+// Registers the launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation). Forward and
+// backward also register on their own: nvcc compiles them in two translation units, in parallel.
+inline void register_forward_kernels(torch::Library& m) { m.impl("attention_forward", &forward); }
+inline void register_backward_kernels(torch::Library& m) { m.impl("attention_backward", &backward); }
+inline void register_device_kernels(torch::Library& m) {
+  register_forward_kernels(m);
+  register_backward_kernels(m);
 }
 
 }  // namespace attention

@@ -1,11 +1,12 @@
-// The attention CUDA kernels compiled for CPU threads (test-only ops under imtok_cuda_emu).
+// The attention device kernels on CPU threads (emulation build, test-only ops under imtok_cuda_emu), plus the
+// SIMT twins of the tensor-core kernels, which exist only there.
 #include <torch/library.h>
 
 #include "attention/attention_device.h"
 
 TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) {
-  m.impl("attention_forward", &imtok::emu_impl::attention::forward);
-  m.impl("attention_backward", &imtok::emu_impl::attention::backward);
-  m.impl("attention_forward_simt", &imtok::emu_impl::attention::forward_simt);
-  m.impl("attention_backward_simt", &imtok::emu_impl::attention::backward_simt);
+  namespace dev = imtok::emu_impl::attention;
+  dev::register_device_kernels(m);
+  m.impl("attention_forward_simt", &dev::forward_simt);
+  m.impl("attention_backward_simt", &dev::backward_simt);
 }

@@ -5,4 +5,4 @@
 
 #include "attention/attention_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { m.impl("attention_forward", &imtok::cuda_impl::attention::forward); }
+TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { imtok::cuda_impl::attention::register_forward_kernels(m); }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include "common/device.h"
+#include "common/limits.h"
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
@@ -26,7 +27,7 @@ constexpr int kBN = 32;        // keys per tile (one warp lane per key)
 constexpr int kThreads = 128;  // 4 warps; each warp owns kBM / 4 rows in the softmax
 constexpr int kRowsPerWarp = kBM / (kThreads / 32);
 constexpr int kOutThreadsPerRow = kThreads / kBM;           // 8
-constexpr int kMaxD = 128;
+constexpr int kMaxD = static_cast<int>(::imtok::kMaxHeadDim);
 constexpr int kOutChunks = kMaxD / kOutThreadsPerRow;       // 16 output channels per thread
 constexpr int kDkvGroups = kThreads / kBN;                  // 4 channel groups in the dk/dv kernel
 constexpr int kDkvChunks = kMaxD / kDkvGroups;              // 32 channels per thread

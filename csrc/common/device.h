@@ -44,6 +44,21 @@
 
 #endif
 
+#if defined(__CUDACC__) || defined(IMTOK_EMULATE_CUDA)
+#include <c10/core/DeviceType.h>
+
+namespace imtok {
+namespace IMTOK_DEVICE_NS {
+// The device of the tensors the device launchers take: CUDA, or CPU for the emulated kernels.
+#if defined(__CUDACC__)
+constexpr c10::DeviceType kDeviceType = c10::DeviceType::CUDA;
+#else
+constexpr c10::DeviceType kDeviceType = c10::DeviceType::CPU;
+#endif
+}  // namespace IMTOK_DEVICE_NS
+}  // namespace imtok
+#endif
+
 namespace imtok {
 template <typename T>
 IMTOK_HD T imtok_min(T a, T b) { return b < a ? b : a; }

@@ -370,91 +370,59 @@ std::tuple<Tensor, Tensor> random2d_split_cpu(const Tensor& rand_idx_, int64_t h
 // ---------------------------------------------------------------------------------------------------------
 // plan application
 // ---------------------------------------------------------------------------------------------------------
-struct Plan {
-  PlanDims d;
-  bool distill = false;
-  Tensor src, dst, unm, apos_t, bpos_t;
-  const int64_t *src_p = nullptr, *dst_p = nullptr, *unm_p = nullptr, *apos = nullptr, *bpos = nullptr;
-  std::vector<int64_t> off, lst;  // per batch: CSR of the sources of each destination, in plan order
+// A checked plan, the CSR of each destination's sources (in plan order) and the view the loops walk.
+struct Plan : CheckedPlan {
+  std::vector<int64_t> off, lst;  // moved with the plan (the view's pointers stay valid)
+  PlanView<int64_t> v;
 
-  int64_t a_pos(int64_t i) const { return apos ? apos[i] : 2 * i; }
-  int64_t b_pos(int64_t j) const { return bpos ? bpos[j] : 2 * j + 1; }
-  // output row -> (is destination, index in unm or in b)
-  void row_kind(int64_t row, bool& is_dst, int64_t& idx) const {
-    const int64_t U = d.U;
-    if (distill) {
-      if (row == 0) { is_dst = false; idx = 0; }
-      else if (row == 1) { is_dst = true; idx = 0; }
-      else if (row <= U) { is_dst = false; idx = row - 1; }
-      else { is_dst = true; idx = row - U; }
-    } else {
-      is_dst = row >= U;
-      idx = is_dst ? row - U : row;
-    }
-  }
-  // members of output row `row` of batch b: first the row's own token, then the merged sources in order
+  // calls f(token) for every member of output row `row` of batch b; returns the number of merged sources
   template <typename F>
   int64_t for_members(int64_t b, int64_t row, F&& f) const {
-    bool is_dst;
-    int64_t idx;
-    row_kind(row, is_dst, idx);
-    if (!is_dst) {
-      f(a_pos(unm_p[b * d.U + idx]));
-      return 0;
-    }
-    f(b_pos(idx));
-    const int64_t* o = off.data() + b * (d.Nb + 1);
-    for (int64_t q = o[idx]; q < o[idx + 1]; ++q) f(a_pos(src_p[b * d.r + lst[b * d.r + q]]));
-    return o[idx + 1] - o[idx];
+    const int64_t n = v.n_members(b, row);
+    for (int64_t m = 0; m < n; ++m) f(v.member(b, row, m));
+    return n - 1;
   }
-  int64_t count(int64_t b, int64_t row) const {
-    bool is_dst;
-    int64_t idx;
-    row_kind(row, is_dst, idx);
-    if (!is_dst) return 0;
-    const int64_t* o = off.data() + b * (d.Nb + 1);
-    return o[idx + 1] - o[idx];
+  int64_t count(int64_t b, int64_t row) const { return v.n_members(b, row) - 1; }
+
+  // f(q, b, row) for every output row q = b * tout + row, in parallel (tasks of about 4096 elements of C each)
+  template <typename F>
+  void for_each_row(int64_t C, F&& f) const {
+    const int64_t tout = d.tout();
+    at::parallel_for(0, d.B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) f(q, q / tout, q % tout);
+    });
+  }
+  // the same with C scratch values of type S per task: f(q, b, row, scratch)
+  template <typename S, typename F>
+  void for_each_row(int64_t C, F&& f) const {
+    const int64_t tout = d.tout();
+    at::parallel_for(0, d.B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
+      std::vector<S> scratch(C);
+      for (int64_t q = q0; q < q1; ++q) f(q, q / tout, q % tout, scratch.data());
+    });
   }
 };
 
-// Build and validate a plan. `tokens` resolves the ToMe layout: T (>= 0) or, when negative, -rows of a merged tensor.
+// Build and validate a plan. T >= 0: tokens of x; otherwise merged_rows resolves the ToMe layout of y.
 Plan make_plan(const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_idx,
-               const c10::optional<Tensor>& a_idx_, const c10::optional<Tensor>& b_idx_, bool distill,
+               const c10::optional<Tensor>& a_idx, const c10::optional<Tensor>& b_idx, bool distill,
                int64_t T, int64_t merged_rows) {
   Plan p;
-  auto a_idx = defined_or_none(a_idx_), b_idx = defined_or_none(b_idx_);
-  p.d = check_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx);
+  static_cast<CheckedPlan&>(p) = checked_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill, T, merged_rows);
   check_device_type(src_idx, c10::DeviceType::CPU, "src_idx");
-  if (T >= 0) resolve_tokens(p.d, T, "x");
-  else resolve_merged_rows(p.d, merged_rows, "y");
-  p.distill = distill;
-  TORCH_CHECK_VALUE(!distill || p.d.U >= 1, "distill_token needs at least one unmerged row in unm_idx");
-  TORCH_CHECK_VALUE(p.d.Nb >= 1 || p.d.r == 0, "a plan with merges needs at least one destination");
-  p.src = src_idx.contiguous();
-  p.dst = dst_idx.contiguous();
-  p.unm = unm_idx.contiguous();
-  p.src_p = p.src.const_data_ptr<int64_t>();
-  p.dst_p = p.dst.const_data_ptr<int64_t>();
-  p.unm_p = p.unm.const_data_ptr<int64_t>();
-  if (a_idx.has_value()) {
-    p.apos_t = a_idx->contiguous();
-    p.bpos_t = b_idx->contiguous();
-    check_split_values(p.apos_t, p.bpos_t, p.d.T);
-    p.apos = p.apos_t.const_data_ptr<int64_t>();
-    p.bpos = p.bpos_t.const_data_ptr<int64_t>();
-  }
-  check_plan_values(p.d, p.src, p.dst, p.unm);
   const int64_t B = p.d.B, r = p.d.r, Nb = p.d.Nb;
+  const int64_t* dst = p.dst.const_data_ptr<int64_t>();
   p.off.assign(B * (Nb + 1), 0);
   p.lst.resize(B * r);
   for (int64_t b = 0; b < B; ++b) {
     int64_t* o = p.off.data() + b * (Nb + 1);
-    const int64_t* db = p.dst_p + b * r;
+    const int64_t* db = dst + b * r;
     for (int64_t k = 0; k < r; ++k) ++o[db[k] + 1];
     for (int64_t j = 0; j < Nb; ++j) o[j + 1] += o[j];
     std::vector<int64_t> fill(o, o + Nb);
     for (int64_t k = 0; k < r; ++k) p.lst[b * r + fill[db[k]]++] = k;
   }
+  p.v = p.view(p.off.data(), p.lst.data());
   return p;
 }
 
@@ -474,33 +442,29 @@ Tensor apply_cpu(const Tensor& x_, const Tensor& src_idx, const Tensor& dst_idx,
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, p.d.B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
-      std::vector<acc_t> acc(C);
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t b = q / tout, row = q % tout;
-        const scalar_t* xb = xp + b * T * C;
-        bool first = true;
-        const int64_t n = p.for_members(b, row, [&](int64_t t) {
-          const scalar_t* xr = xb + t * C;
-          if (first) {
-            for (int64_t c = 0; c < C; ++c) acc[c] = acc_t(xr[c]);
-            first = false;
-          } else if (mc == 2) {
-            for (int64_t c = 0; c < C; ++c) {
-              const acc_t v = acc_t(xr[c]);
-              acc[c] = (v > acc[c] || is_nan(v)) ? (is_nan(acc[c]) ? acc[c] : v) : acc[c];
-            }
-          } else {
-            for (int64_t c = 0; c < C; ++c) acc[c] += acc_t(xr[c]);
+    p.for_each_row<acc_t>(C, [&](int64_t q, int64_t b, int64_t row, acc_t* acc) {
+      const scalar_t* xb = xp + b * T * C;
+      bool first = true;
+      const int64_t n = p.for_members(b, row, [&](int64_t t) {
+        const scalar_t* xr = xb + t * C;
+        if (first) {
+          for (int64_t c = 0; c < C; ++c) acc[c] = acc_t(xr[c]);
+          first = false;
+        } else if (mc == 2) {
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = acc_t(xr[c]);
+            acc[c] = (v > acc[c] || is_nan(v)) ? (is_nan(acc[c]) ? acc[c] : v) : acc[c];
           }
-        });
-        scalar_t* orow = op + q * C;
-        if (mc == 1) {
-          const acc_t cnt = acc_t(n + 1);
-          for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc[c] / cnt);
         } else {
-          for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc[c]);
+          for (int64_t c = 0; c < C; ++c) acc[c] += acc_t(xr[c]);
         }
+      });
+      scalar_t* orow = op + q * C;
+      if (mc == 1) {
+        const acc_t cnt = acc_t(n + 1);
+        for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc[c] / cnt);
+      } else {
+        for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc[c]);
       }
     });
   });
@@ -533,34 +497,30 @@ Tensor apply_backward_cpu(const Tensor& grad_, const Tensor& x_, const Tensor& o
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* opp = mc == 2 ? o.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, p.d.B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
-      std::vector<int64_t> ties(C);
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t b = q / tout, row = q % tout;
-        const scalar_t* grow = gp + q * C;
-        scalar_t* gxb = gxp + b * T * C;
-        if (mc == 2) {
-          const scalar_t* orow = opp + q * C;
-          const scalar_t* xb = xp + b * T * C;
-          std::fill(ties.begin(), ties.end(), 0);
-          p.for_members(b, row, [&](int64_t t) {
-            for (int64_t c = 0; c < C; ++c) ties[c] += (xb[t * C + c] == orow[c]);
-          });
-          p.for_members(b, row, [&](int64_t t) {
-            for (int64_t c = 0; c < C; ++c)
-              gxb[t * C + c] = xb[t * C + c] == orow[c] ? scalar_t(acc_t(grow[c]) / acc_t(ties[c])) : scalar_t(0);
-          });
-        } else {
-          const acc_t inv = mc == 1 ? acc_t(1) / acc_t(p.count(b, row) + 1) : acc_t(1);
-          p.for_members(b, row, [&](int64_t t) {
-            scalar_t* dstp = gxb + t * C;
-            if (mc == 1) {
-              for (int64_t c = 0; c < C; ++c) dstp[c] = scalar_t(acc_t(grow[c]) * inv);
-            } else {
-              for (int64_t c = 0; c < C; ++c) dstp[c] = grow[c];
-            }
-          });
-        }
+    p.for_each_row<int64_t>(C, [&](int64_t q, int64_t b, int64_t row, int64_t* ties) {
+      const scalar_t* grow = gp + q * C;
+      scalar_t* gxb = gxp + b * T * C;
+      if (mc == 2) {
+        const scalar_t* orow = opp + q * C;
+        const scalar_t* xb = xp + b * T * C;
+        std::fill(ties, ties + C, 0);
+        p.for_members(b, row, [&](int64_t t) {
+          for (int64_t c = 0; c < C; ++c) ties[c] += (xb[t * C + c] == orow[c]);
+        });
+        p.for_members(b, row, [&](int64_t t) {
+          for (int64_t c = 0; c < C; ++c)
+            gxb[t * C + c] = xb[t * C + c] == orow[c] ? scalar_t(acc_t(grow[c]) / acc_t(ties[c])) : scalar_t(0);
+        });
+      } else {
+        const acc_t inv = mc == 1 ? acc_t(1) / acc_t(p.count(b, row) + 1) : acc_t(1);
+        p.for_members(b, row, [&](int64_t t) {
+          scalar_t* dstp = gxb + t * C;
+          if (mc == 1) {
+            for (int64_t c = 0; c < C; ++c) dstp[c] = scalar_t(acc_t(grow[c]) * inv);
+          } else {
+            for (int64_t c = 0; c < C; ++c) dstp[c] = grow[c];
+          }
+        });
       }
     });
   });
@@ -594,30 +554,26 @@ std::tuple<Tensor, Tensor> wavg_cpu(const Tensor& x_, const c10::optional<Tensor
     const scalar_t* sp = size.defined() ? size.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     scalar_t* osp = out_size.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, p.d.B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
-      std::vector<acc_t> acc(C);
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t b = q / tout, row = q % tout;
-        const scalar_t* xb = xp + b * T * C;
-        bool first = true;
-        acc_t ss = 0;
-        p.for_members(b, row, [&](int64_t t) {
-          const scalar_t* xr = xb + t * C;
-          const scalar_t s = sp ? sp[b * T + t] : scalar_t(1);
-          if (first) {  // x * size is a scalar_t tensor in the reference: round the products
-            for (int64_t c = 0; c < C; ++c) acc[c] = acc_t(scalar_t(acc_t(xr[c]) * acc_t(s)));
-            ss = acc_t(s);
-            first = false;
-          } else {
-            for (int64_t c = 0; c < C; ++c) acc[c] += acc_t(scalar_t(acc_t(xr[c]) * acc_t(s)));
-            ss += acc_t(s);
-          }
-        });
-        scalar_t* orow = op + q * C;
-        const scalar_t ssr = scalar_t(ss);
-        for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc_t(scalar_t(acc[c])) / acc_t(ssr));
-        osp[q] = ssr;
-      }
+    p.for_each_row<acc_t>(C, [&](int64_t q, int64_t b, int64_t row, acc_t* acc) {
+      const scalar_t* xb = xp + b * T * C;
+      bool first = true;
+      acc_t ss = 0;
+      p.for_members(b, row, [&](int64_t t) {
+        const scalar_t* xr = xb + t * C;
+        const scalar_t s = sp ? sp[b * T + t] : scalar_t(1);
+        if (first) {  // x * size is a scalar_t tensor in the reference: round the products
+          for (int64_t c = 0; c < C; ++c) acc[c] = acc_t(scalar_t(acc_t(xr[c]) * acc_t(s)));
+          ss = acc_t(s);
+          first = false;
+        } else {
+          for (int64_t c = 0; c < C; ++c) acc[c] += acc_t(scalar_t(acc_t(xr[c]) * acc_t(s)));
+          ss += acc_t(s);
+        }
+      });
+      scalar_t* orow = op + q * C;
+      const scalar_t ssr = scalar_t(ss);
+      for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc_t(scalar_t(acc[c])) / acc_t(ssr));
+      osp[q] = ssr;
     });
   });
   return {out, out_size};
@@ -662,26 +618,23 @@ std::tuple<Tensor, Tensor> wavg_backward_cpu(const Tensor& grad_x_, const c10::o
     const scalar_t* sp = s.defined() ? s.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     scalar_t* gszp = gsz.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t b = q / tout, row = q % tout;
-        const scalar_t* grow = gp + q * C;
-        const scalar_t* yrow = yp + q * C;
-        const acc_t inv = acc_t(1) / acc_t(ysp[q]);
-        const acc_t gsr = gsp ? acc_t(gsp[q]) : acc_t(0);
-        p.for_members(b, row, [&](int64_t t) {
-          const acc_t st = sp ? acc_t(sp[b * T + t]) : acc_t(1);
-          const scalar_t* xr = xp + (b * T + t) * C;
-          scalar_t* gxr = gxp + (b * T + t) * C;
-          acc_t dot = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t gc = acc_t(grow[c]);
-            gxr[c] = scalar_t(gc * st * inv);
-            dot += gc * (acc_t(xr[c]) - acc_t(yrow[c]));
-          }
-          gszp[b * T + t] = scalar_t(dot * inv + gsr);
-        });
-      }
+    p.for_each_row(C, [&](int64_t q, int64_t b, int64_t row) {
+      const scalar_t* grow = gp + q * C;
+      const scalar_t* yrow = yp + q * C;
+      const acc_t inv = acc_t(1) / acc_t(ysp[q]);
+      const acc_t gsr = gsp ? acc_t(gsp[q]) : acc_t(0);
+      p.for_members(b, row, [&](int64_t t) {
+        const acc_t st = sp ? acc_t(sp[b * T + t]) : acc_t(1);
+        const scalar_t* xr = xp + (b * T + t) * C;
+        scalar_t* gxr = gxp + (b * T + t) * C;
+        acc_t dot = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t gc = acc_t(grow[c]);
+          gxr[c] = scalar_t(gc * st * inv);
+          dot += gc * (acc_t(xr[c]) - acc_t(yrow[c]));
+        }
+        gszp[b * T + t] = scalar_t(dot * inv + gsr);
+      });
     });
   });
   return {gx, gsz};
@@ -695,18 +648,15 @@ Tensor unmerge_cpu(const Tensor& y_, const Tensor& src_idx, const Tensor& dst_id
   Plan p = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, false, -1, y_.size(1));
   TORCH_CHECK_VALUE(y_.size(0) == p.d.B, "y.shape[0] must be the plan's batch ", p.d.B, ", got shape ", y_.sizes());
   const Tensor y = y_.contiguous();
-  const int64_t C = y.size(2), T = p.d.T, tout = p.d.tout();
+  const int64_t C = y.size(2), T = p.d.T;
   // make_plan checked that every token belongs to exactly one output row: each is written once
   Tensor out = at::empty({p.d.B, T, C}, y.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, y.scalar_type(), "merge_unmerge", [&] {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, p.d.B * tout, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t b = q / tout, row = q % tout;
-        const scalar_t* yr = yp + q * C;
-        p.for_members(b, row, [&](int64_t t) { std::copy(yr, yr + C, op + (b * T + t) * C); });
-      }
+    p.for_each_row(C, [&](int64_t q, int64_t b, int64_t row) {
+      const scalar_t* yr = yp + q * C;
+      p.for_members(b, row, [&](int64_t t) { std::copy(yr, yr + C, op + (b * T + t) * C); });
     });
   });
   return out;

@@ -2,6 +2,8 @@
 // emulated build (merge_emu.cpp, CPU tensors). Checks, allocation, dtype dispatch, grid sizes.
 #pragma once
 
+#include <torch/library.h>
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -17,14 +19,11 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace merge_dev {
+namespace merge {
 
 using at::Tensor;
-using merge::PlanDims;
-using merge::defined_or_none;
-using merge::check_plan;
-using merge::resolve_tokens;
-using merge::resolve_merged_rows;
+using imtok::merge::PlanDims;
+using imtok::merge::defined_or_none;
 
 inline void check_metric(const Tensor& metric) {
   check_floating(metric, "metric");
@@ -89,63 +88,31 @@ inline std::tuple<Tensor, Tensor, Tensor> random2d_match(const Tensor& metric, c
   check_same_device(metric, "metric", b_idx_, "b_idx");
   const int64_t T = metric.size(1), Na = a_idx_.size(0), Nb = b_idx_.size(0);
   TORCH_CHECK_VALUE(Na + Nb == T, "a_idx and b_idx must split the ", T, " tokens of metric, got ", Na, " + ", Nb);
-  merge::check_split_values(host_contiguous(a_idx_), host_contiguous(b_idx_), T);  // before the kernel reads them
+  imtok::merge::check_split_values(host_contiguous(a_idx_), host_contiguous(b_idx_), T);  // before the kernel reads them
   r = std::max<int64_t>(0, std::min<int64_t>(r, Na));
   const Tensor a_idx = a_idx_.contiguous(), b_idx = b_idx_.contiguous();
   return bipartite_match(metric, &a_idx, &b_idx, Na, Nb, r, false, false);
 }
 
-struct DevPlanHolder {
-  PlanDims d;
-  Tensor src, dst, unm, apos, bpos, off, lst;
-  DevPlan view(bool distill) const {
-    DevPlan p;
-    p.src = src.const_data_ptr<int64_t>();
-    p.dst = dst.const_data_ptr<int64_t>();
-    p.unm = unm.const_data_ptr<int64_t>();
-    p.apos = apos.defined() ? apos.const_data_ptr<int64_t>() : nullptr;
-    p.bpos = bpos.defined() ? bpos.const_data_ptr<int64_t>() : nullptr;
-    p.off = off.const_data_ptr<int>();
-    p.lst = lst.const_data_ptr<int>();
-    p.B = d.B;
-    p.T = d.T;
-    p.Na = d.Na;
-    p.Nb = d.Nb;
-    p.r = d.r;
-    p.U = d.U;
-    p.distill = distill;
-    return p;
-  }
+// A checked plan and the CSR of each destination's sources, built by a kernel on the plan's device.
+struct DevPlanHolder : imtok::merge::CheckedPlan {
+  Tensor off, lst;
+  DevPlan view() const { return CheckedPlan::view(off.const_data_ptr<int>(), lst.const_data_ptr<int>()); }
 };
 
-// T >= 0: tokens of x; otherwise merged_rows resolves the ToMe layout.
 inline DevPlanHolder make_plan(const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_idx,
-                               const c10::optional<Tensor>& a_idx_, const c10::optional<Tensor>& b_idx_,
+                               const c10::optional<Tensor>& a_idx, const c10::optional<Tensor>& b_idx,
                                bool distill, int64_t T, int64_t merged_rows) {
   DevPlanHolder h;
-  auto a_idx = defined_or_none(a_idx_), b_idx = defined_or_none(b_idx_);
-  h.d = check_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx);
-  if (T >= 0) resolve_tokens(h.d, T, "x");
-  else resolve_merged_rows(h.d, merged_rows, "y");
-  TORCH_CHECK_VALUE(!distill || h.d.U >= 1, "distill_token needs at least one unmerged row in unm_idx");
-  TORCH_CHECK_VALUE(h.d.Nb >= 1 || h.d.r == 0, "a plan with merges needs at least one destination");
-  h.src = src_idx.contiguous();
-  h.dst = dst_idx.contiguous();
-  h.unm = unm_idx.contiguous();
-  if (a_idx.has_value()) {
-    h.apos = a_idx->contiguous();
-    h.bpos = b_idx->contiguous();
-  }
-  // The kernels assume a valid plan (every token in exactly one output row): validated on the host before any
-  // kernel runs, with the CPU path's checks and messages (a device-to-host copy of the index tensors on CUDA).
-  if (a_idx.has_value()) merge::check_split_values(host_contiguous(h.apos), host_contiguous(h.bpos), h.d.T);
-  merge::check_plan_values(h.d, host_contiguous(h.src), host_contiguous(h.dst), host_contiguous(h.unm));
+  static_cast<imtok::merge::CheckedPlan&>(h) =
+      imtok::merge::checked_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill, T, merged_rows);
+  const PlanDims& d = h.d;
   IMTOK_DEVICE_GUARD(src_idx);
   auto stream = IMTOK_CURRENT_STREAM();
   auto iopts = src_idx.options().dtype(c10::kInt);
-  h.off = at::empty({h.d.B, h.d.Nb + 1}, iopts);
-  h.lst = at::empty({h.d.B, std::max<int64_t>(h.d.r, 1)}, iopts);
-  IMTOK_LAUNCH(csr_kernel, dim3(unsigned(h.d.B)), 256, 0, stream, h.dst.const_data_ptr<int64_t>(), h.d.r, h.d.Nb,
+  h.off = at::empty({d.B, d.Nb + 1}, iopts);
+  h.lst = at::empty({d.B, std::max<int64_t>(d.r, 1)}, iopts);
+  IMTOK_LAUNCH(csr_kernel, dim3(unsigned(d.B)), 256, 0, stream, h.dst.const_data_ptr<int64_t>(), d.r, d.Nb,
                h.off.mutable_data_ptr<int>(), h.lst.mutable_data_ptr<int>());
   return h;
 }
@@ -159,7 +126,7 @@ inline int threads_for(int64_t C) {
 inline Tensor apply(const Tensor& x_, const Tensor& src_idx, const Tensor& dst_idx, const Tensor& unm_idx,
                     const c10::optional<Tensor>& a_idx, const c10::optional<Tensor>& b_idx, c10::string_view mode,
                     bool distill_token) {
-  const int mc = merge::mode_code(mode);
+  const int mc = imtok::merge::mode_code(mode);
   check_floating(x_, "x");
   check_dim(x_, 3, "x");
   check_same_device(x_, "x", src_idx, "src_idx");
@@ -171,7 +138,7 @@ inline Tensor apply(const Tensor& x_, const Tensor& src_idx, const Tensor& dst_i
   if (C == 0) return out;
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
-  const DevPlan p = h.view(distill_token);
+  const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_apply_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = apply_kernel<scalar_t, acc_t>;
@@ -184,7 +151,7 @@ inline Tensor apply(const Tensor& x_, const Tensor& src_idx, const Tensor& dst_i
 inline Tensor apply_backward(const Tensor& grad_, const Tensor& x_, const Tensor& out_, const Tensor& src_idx,
                              const Tensor& dst_idx, const Tensor& unm_idx, const c10::optional<Tensor>& a_idx,
                              const c10::optional<Tensor>& b_idx, c10::string_view mode, bool distill_token) {
-  const int mc = merge::mode_code(mode);
+  const int mc = imtok::merge::mode_code(mode);
   check_floating(x_, "x");
   check_dim(x_, 3, "x");
   DevPlanHolder h = make_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx, distill_token, x_.size(1), 0);
@@ -198,7 +165,7 @@ inline Tensor apply_backward(const Tensor& grad_, const Tensor& x_, const Tensor
   if (C == 0) return gx;
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
-  const DevPlan p = h.view(distill_token);
+  const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_apply_backward_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = apply_backward_kernel<scalar_t, acc_t>;
@@ -233,7 +200,7 @@ inline std::tuple<Tensor, Tensor> wavg(const Tensor& x_, const c10::optional<Ten
   Tensor out_size = at::empty({h.d.B, h.d.tout(), 1}, x.options());
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
-  const DevPlan p = h.view(distill_token);
+  const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_wavg_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = wavg_kernel<scalar_t, acc_t>;
@@ -269,7 +236,7 @@ inline std::tuple<Tensor, Tensor> wavg_backward(const Tensor& grad_x_, const c10
   Tensor gsz = at::zeros({B, T, 1}, x.options());
   IMTOK_DEVICE_GUARD(x);
   auto stream = IMTOK_CURRENT_STREAM();
-  const DevPlan p = h.view(distill_token);
+  const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, x.scalar_type(), "merge_wavg_backward_device", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto k = wavg_backward_kernel<scalar_t, acc_t>;
@@ -295,7 +262,7 @@ inline Tensor unmerge(const Tensor& y_, const Tensor& src_idx, const Tensor& dst
   if (C == 0) return out;
   IMTOK_DEVICE_GUARD(y);
   auto stream = IMTOK_CURRENT_STREAM();
-  const DevPlan p = h.view(false);
+  const DevPlan p = h.view();
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, y.scalar_type(), "merge_unmerge_device", [&] {
     auto k = unmerge_kernel<scalar_t>;
     IMTOK_LAUNCH(k, dim3(unsigned(h.d.tout()), unsigned(h.d.B)), threads_for(C), 0, stream,
@@ -304,18 +271,17 @@ inline Tensor unmerge(const Tensor& y_, const Tensor& src_idx, const Tensor& dst
   return out;
 }
 
-}  // namespace merge_dev
+// Registers this family's launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation).
+inline void register_device_kernels(torch::Library& m) {
+  m.impl("merge_tome_match", &tome_match);
+  m.impl("merge_random2d_match", &random2d_match);
+  m.impl("merge_apply", &apply);
+  m.impl("merge_apply_backward", &apply_backward);
+  m.impl("merge_wavg", &wavg);
+  m.impl("merge_wavg_backward", &wavg_backward);
+  m.impl("merge_unmerge", &unmerge);
+}
+
+}  // namespace merge
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok
-
-#define IMTOK_MERGE_REGISTER_DEVICE(m)                                                  \
-  do {                                                                                  \
-    namespace md = imtok::IMTOK_DEVICE_NS::merge_dev;                                   \
-    m.impl("merge_tome_match", &md::tome_match);                                        \
-    m.impl("merge_random2d_match", &md::random2d_match);                                \
-    m.impl("merge_apply", &md::apply);                                                  \
-    m.impl("merge_apply_backward", &md::apply_backward);                                \
-    m.impl("merge_wavg", &md::wavg);                                                    \
-    m.impl("merge_wavg_backward", &md::wavg_backward);                                  \
-    m.impl("merge_unmerge", &md::unmerge);                                              \
-  } while (0)

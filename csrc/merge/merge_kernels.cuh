@@ -9,64 +9,13 @@
 #pragma once
 
 #include "common/device.h"
+#include "merge/merge_math.h"
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace merge_dev {
+namespace merge {
 
-// A plan on the device. Out-of-range indices are skipped (the CPU path rejects them with an error).
-struct DevPlan {
-  const int64_t* src;
-  const int64_t* dst;
-  const int64_t* unm;
-  const int64_t* apos;  // nullptr: ToMe (a = 2i)
-  const int64_t* bpos;  // nullptr: ToMe (b = 2j + 1)
-  const int* off;       // [B, Nb + 1]
-  const int* lst;       // [B, r]: plan positions k of each destination's sources
-  int64_t B, T, Na, Nb, r, U;
-  bool distill;
-
-  IMTOK_HD int64_t a_pos(int64_t i) const { return apos ? apos[i] : 2 * i; }
-  IMTOK_HD int64_t b_pos(int64_t j) const { return bpos ? bpos[j] : 2 * j + 1; }
-  IMTOK_HD int64_t tout() const { return U + Nb; }
-  IMTOK_HD void row_kind(int64_t row, bool& is_dst, int64_t& idx) const {
-    if (distill) {
-      if (row == 0) { is_dst = false; idx = 0; }
-      else if (row == 1) { is_dst = true; idx = 0; }
-      else if (row <= U) { is_dst = false; idx = row - 1; }
-      else { is_dst = true; idx = row - U; }
-    } else {
-      is_dst = row >= U;
-      idx = is_dst ? row - U : row;
-    }
-  }
-  // number of members of a row (1 + merged sources); member m's token position (or -1 when invalid)
-  IMTOK_HD int64_t n_members(int64_t b, int64_t row) const {
-    bool d;
-    int64_t idx;
-    row_kind(row, d, idx);
-    if (!d) return 1;
-    const int* o = off + b * (Nb + 1);
-    return 1 + (o[idx + 1] - o[idx]);
-  }
-  IMTOK_HD int64_t member(int64_t b, int64_t row, int64_t m) const {
-    bool d;
-    int64_t idx;
-    row_kind(row, d, idx);
-    int64_t t = -1;
-    if (!d) {
-      const int64_t i = unm[b * U + idx];
-      if (i >= 0 && i < Na) t = a_pos(i);
-    } else if (m == 0) {
-      t = b_pos(idx);
-    } else {
-      const int* o = off + b * (Nb + 1);
-      const int64_t i = src[b * r + lst[b * r + o[idx] + m - 1]];
-      if (i >= 0 && i < Na) t = a_pos(i);
-    }
-    return (t >= 0 && t < T) ? t : -1;
-  }
-};
+using DevPlan = ::imtok::merge::PlanView<int>;
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
@@ -340,6 +289,6 @@ __global__ void unmerge_kernel(const scalar_t* __restrict__ y, scalar_t* __restr
   }
 }
 
-}  // namespace merge_dev
+}  // namespace merge
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

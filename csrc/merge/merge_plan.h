@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "merge/merge_math.h"
 
 namespace imtok {
 namespace merge {
@@ -139,6 +140,49 @@ inline void check_plan_values(const PlanDims& d, const at::Tensor& src, const at
       TORCH_CHECK_VALUE(seen[i] == 1, "src_idx and unm_idx must together hold every source row once; row ", i,
                         " of batch ", b, " appears ", int(seen[i]), " times");
   }
+}
+
+// A plan after every check (shapes, then index values on the host: a device-to-host copy for device plans), its
+// tensors contiguous. T >= 0: the plan applies to x with T tokens; otherwise merged_rows (the rows of a merged
+// y) resolves the ToMe layout. Shared by the CPU and device launchers.
+struct CheckedPlan {
+  PlanDims d;
+  bool distill = false;
+  at::Tensor src, dst, unm, apos, bpos;  // apos / bpos undefined for ToMe
+
+  // A kernel's view, given the CSR (off, lst) of each destination's sources built on the plan's device.
+  template <typename Off>
+  PlanView<Off> view(const Off* off, const Off* lst) const {
+    return PlanView<Off>{src.const_data_ptr<int64_t>(),
+                         dst.const_data_ptr<int64_t>(),
+                         unm.const_data_ptr<int64_t>(),
+                         apos.defined() ? apos.const_data_ptr<int64_t>() : nullptr,
+                         bpos.defined() ? bpos.const_data_ptr<int64_t>() : nullptr,
+                         off, lst, d.B, d.T, d.Na, d.Nb, d.r, d.U, distill};
+  }
+};
+
+inline CheckedPlan checked_plan(const at::Tensor& src_idx, const at::Tensor& dst_idx, const at::Tensor& unm_idx,
+                                const c10::optional<at::Tensor>& a_idx_, const c10::optional<at::Tensor>& b_idx_,
+                                bool distill, int64_t T, int64_t merged_rows) {
+  CheckedPlan p;
+  auto a_idx = defined_or_none(a_idx_), b_idx = defined_or_none(b_idx_);
+  p.d = check_plan(src_idx, dst_idx, unm_idx, a_idx, b_idx);
+  if (T >= 0) resolve_tokens(p.d, T, "x");
+  else resolve_merged_rows(p.d, merged_rows, "y");
+  TORCH_CHECK_VALUE(!distill || p.d.U >= 1, "distill_token needs at least one unmerged row in unm_idx");
+  TORCH_CHECK_VALUE(p.d.Nb >= 1 || p.d.r == 0, "a plan with merges needs at least one destination");
+  p.distill = distill;
+  p.src = src_idx.contiguous();
+  p.dst = dst_idx.contiguous();
+  p.unm = unm_idx.contiguous();
+  if (a_idx.has_value()) {
+    p.apos = a_idx->contiguous();
+    p.bpos = b_idx->contiguous();
+    check_split_values(host_contiguous(p.apos), host_contiguous(p.bpos), p.d.T);
+  }
+  check_plan_values(p.d, host_contiguous(p.src), host_contiguous(p.dst), host_contiguous(p.unm));
+  return p;
 }
 
 // tomesd's random2d_split: sizes in checked int64 (h * w = 2**64 once wrapped to 0 and crashed).

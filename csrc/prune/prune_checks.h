@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/limits.h"
 
 namespace imtok {
 namespace prune {
@@ -79,7 +80,15 @@ inline void check_gather_packed_inputs(const at::Tensor& x, const at::Tensor& ma
   TORCH_CHECK_VALUE(x.size(0) * x.size(1) < (int64_t(1) << 31), "x has too many tokens for int32 cu_seqlens");
 }
 
-inline int check_gtp_graph_inputs(const at::Tensor& x, c10::string_view graph_type, int64_t K) {
+// prune_gtp_graph's sizes after the checks: each row lists up to Kmax neighbours, the 8 spatial ones (when used)
+// first, then K semantic ones.
+struct GraphDims {
+  int64_t B, N, C, M, side;
+  int K, Kmax;
+  bool use_spatial, use_semantic;
+};
+
+inline GraphDims check_gtp_graph_inputs(const at::Tensor& x, c10::string_view graph_type, int64_t K) {
   check_floating(x, "x");
   check_dim(x, 3, "x");
   int kind;
@@ -95,7 +104,7 @@ inline int check_gtp_graph_inputs(const at::Tensor& x, c10::string_view graph_ty
   const int64_t M = x.size(1) - 1;
   TORCH_CHECK_VALUE(M >= 1, "x must hold the CLS token and at least one image token, got shape ", x.sizes());
   if (kind != kSpatial) {
-    TORCH_CHECK_VALUE(K >= 1 && K <= 32, "num_neighbours must be in [1, 32], got ", K);
+    TORCH_CHECK_VALUE(K >= 1 && K <= kMaxGraphNeighbours, "num_neighbours must be in [1, ", kMaxGraphNeighbours, "], got ", K);
     TORCH_CHECK_VALUE(K <= M - 1, "num_neighbours must be < the number of image tokens (", M, "), got ", K);
   }
   if (kind != kSemantic) {
@@ -103,7 +112,17 @@ inline int check_gtp_graph_inputs(const at::Tensor& x, c10::string_view graph_ty
     TORCH_CHECK_VALUE(side * side == M, "a spatial graph needs a square grid of image tokens, got ", M,
                       " (x.shape[1] - 1)");
   }
-  return kind;
+  GraphDims g;
+  g.B = x.size(0);
+  g.N = x.size(1);
+  g.C = x.size(2);
+  g.M = M;
+  g.side = grid_side(M);
+  g.use_spatial = kind != kSemantic;
+  g.use_semantic = kind != kSpatial;
+  g.K = g.use_semantic ? static_cast<int>(K) : 0;
+  g.Kmax = (g.use_spatial ? 8 : 0) + g.K;
+  return g;
 }
 
 inline void check_graph_lists(const at::Tensor& nbr_idx, const at::Tensor& nbr_w, int64_t B, int64_t M,
@@ -120,34 +139,34 @@ inline void check_graph_lists(const at::Tensor& nbr_idx, const at::Tensor& nbr_w
                     ", got ", nbr_w.sizes());
 }
 
-inline void check_gtp_propagate_inputs(const at::Tensor& x, const at::Tensor& kept, const at::Tensor& prop,
-                                       const at::Tensor& nbr_idx, const at::Tensor& nbr_w) {
-  check_floating(x, "x");
-  check_dim(x, 3, "x");
+// The tokens [B, N, C] of a propagation (x, or grad_out for the backward) and its kept / propagated token indices
+// (int64 [B, *], on the same device).
+inline void check_propagation_input(const at::Tensor& t, const char* name, const at::Tensor& kept,
+                                    const at::Tensor& prop) {
+  check_floating(t, name);
+  check_dim(t, 3, name);
   check_index_tensor(kept, "kept_idx");
   check_index_tensor(prop, "prop_idx");
-  check_same_device(x, "x", kept, "kept_idx");
-  check_same_device(x, "x", prop, "prop_idx");
+  check_same_device(t, name, kept, "kept_idx");
+  check_same_device(t, name, prop, "prop_idx");
+  check_size(kept, 0, t.size(0), "kept_idx");
+  check_size(prop, 0, t.size(0), "prop_idx");
+}
+
+inline void check_gtp_propagate_inputs(const at::Tensor& x, const at::Tensor& kept, const at::Tensor& prop,
+                                       const at::Tensor& nbr_idx, const at::Tensor& nbr_w) {
+  check_propagation_input(x, "x", kept, prop);
   const int64_t B = x.size(0), N = x.size(1);
   TORCH_CHECK_VALUE(N >= 1, "x must hold the CLS token, got shape ", x.sizes());
-  check_size(kept, 0, B, "kept_idx");
-  check_size(prop, 0, B, "prop_idx");
   check_graph_lists(nbr_idx, nbr_w, B, N - 1, x);
 }
 
 inline void check_gtp_propagate_backward_inputs(const at::Tensor& g, const at::Tensor& kept, const at::Tensor& prop,
                                                 const at::Tensor& nbr_idx, const at::Tensor& nbr_w,
                                                 int64_t num_tokens) {
-  check_floating(g, "grad_out");
-  check_dim(g, 3, "grad_out");
-  check_index_tensor(kept, "kept_idx");
-  check_index_tensor(prop, "prop_idx");
-  check_same_device(g, "grad_out", kept, "kept_idx");
-  check_same_device(g, "grad_out", prop, "prop_idx");
+  check_propagation_input(g, "grad_out", kept, prop);
   const int64_t B = g.size(0);
   TORCH_CHECK_VALUE(num_tokens >= 1, "num_tokens must be >= 1, got ", num_tokens);
-  check_size(kept, 0, B, "kept_idx");
-  check_size(prop, 0, B, "prop_idx");
   check_size(g, 1, kept.size(1) + 1, "grad_out");
   check_graph_lists(nbr_idx, nbr_w, B, num_tokens - 1, g);
 }

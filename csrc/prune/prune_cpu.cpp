@@ -201,73 +201,65 @@ std::tuple<at::Tensor, at::Tensor> gather_packed_cpu(const at::Tensor& x_, const
 
 std::tuple<at::Tensor, at::Tensor> gtp_graph_cpu(const at::Tensor& x_, c10::string_view graph_type,
                                                  int64_t num_neighbours) {
-  const int kind = prune::check_gtp_graph_inputs(x_, graph_type, num_neighbours);
+  const prune::GraphDims g = prune::check_gtp_graph_inputs(x_, graph_type, num_neighbours);
   check_device_type(x_, c10::DeviceType::CPU, "x");
   const at::Tensor x = x_.contiguous();
-  const int64_t B = x.size(0), N = x.size(1), C = x.size(2), M = N - 1;
-  const bool use_spatial = kind != prune::kSemantic, use_semantic = kind != prune::kSpatial;
-  const int K = use_semantic ? static_cast<int>(num_neighbours) : 0;
-  const int Kmax = (use_spatial ? 8 : 0) + K;
-  const int64_t side = prune::grid_side(M);
-  at::Tensor nbr_idx = at::empty({B, M, Kmax}, x.options().dtype(at::kLong));
-  at::Tensor nbr_w = at::empty({B, M, Kmax}, x.options());
-  std::vector<int> deg(B * M);
+  at::Tensor nbr_idx = at::empty({g.B, g.M, g.Kmax}, x.options().dtype(at::kLong));
+  at::Tensor nbr_w = at::empty({g.B, g.M, g.Kmax}, x.options());
+  std::vector<int> deg(g.B * g.M);
   int64_t* ip = nbr_idx.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prune_gtp_graph_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    (void)xp;
     // Semantic neighbours: unit rows (as the official x / |x|), then cosine similarities one tile of kTile rows
     // at a time through BLAS ([kTile, M] scratch per task, never M x M), top-K per row in a sorted list.
     constexpr int64_t kTile = 32;
     at::Tensor xn;
-    if (use_semantic) {
-      at::Tensor xi = x.narrow(1, 1, M).to(c10::CppTypeToScalarType<acc_t>::value);
+    if (g.use_semantic) {
+      at::Tensor xi = x.narrow(1, 1, g.M).to(c10::CppTypeToScalarType<acc_t>::value);
       xn = xi.div(xi.norm(2, {-1}, true)).contiguous();
     }
-    const int64_t tiles = ceil_div(M, kTile);
-    at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
-      acc_t vals[32];
-      int64_t idxs[32];
+    const int64_t tiles = ceil_div(g.M, kTile);
+    at::parallel_for(0, g.B * tiles, 1, [&](int64_t t0, int64_t t1) {
+      acc_t vals[kMaxGraphNeighbours];
+      int64_t idxs[kMaxGraphNeighbours];
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / tiles, r0 = (t % tiles) * kTile, rn = std::min(kTile, M - r0);
+        const int64_t b = t / tiles, r0 = (t % tiles) * kTile, rn = std::min(kTile, g.M - r0);
         at::Tensor sims;
         const acc_t* sp = nullptr;
-        if (use_semantic) {
+        if (g.use_semantic) {
           at::Tensor xb = xn.select(0, b);
           sims = at::mm(xb.narrow(0, r0, rn), xb.t()).contiguous();
           sp = sims.data_ptr<acc_t>();
         }
         for (int64_t q = 0; q < rn; ++q) {
           const int64_t r = r0 + q;
-          int64_t* row = ip + (b * M + r) * Kmax;
-          int n = use_spatial ? prune::spatial_neighbors(r, side, M, row) : 0;
+          int64_t* row = ip + (b * g.M + r) * g.Kmax;
+          int n = g.use_spatial ? prune::spatial_neighbors(r, g.side, g.M, row) : 0;
           const int ns = n;
-          if (use_semantic) {
+          if (g.use_semantic) {
             int nk = 0;
-            const acc_t* srow = sp + q * M;
-            for (int64_t j = 0; j < M; ++j)
-              if (j != r) prune::topk_insert(vals, idxs, &nk, K, srow[j], j);
+            const acc_t* srow = sp + q * g.M;
+            for (int64_t j = 0; j < g.M; ++j)
+              if (j != r) prune::topk_insert(vals, idxs, nk, g.K, srow[j], j);
             for (int k = 0; k < nk; ++k) {
               bool dup = false;
               for (int u = 0; u < ns; ++u) dup = dup || row[u] == idxs[k];
               if (!dup) row[n++] = idxs[k];
             }
           }
-          deg[b * M + r] = n;
-          for (int k = n; k < Kmax; ++k) row[k] = -1;
+          deg[b * g.M + r] = n;
+          for (int k = n; k < g.Kmax; ++k) row[k] = -1;
         }
       }
     });
     scalar_t* wp = nbr_w.data_ptr<scalar_t>();
-    at::parallel_for(0, B * M, 64, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, g.B * g.M, 64, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / M;
-        const acc_t dr = acc_t(1) / std::sqrt(static_cast<acc_t>(deg[t]));
-        for (int k = 0; k < Kmax; ++k) {
-          const int64_t j = ip[t * Kmax + k];
-          wp[t * Kmax + k] =
-              static_cast<scalar_t>(j < 0 ? acc_t(0) : dr * (acc_t(1) / std::sqrt(static_cast<acc_t>(deg[b * M + j]))));
+        const int64_t b = t / g.M;
+        const acc_t dr = prune::inv_sqrt_degree<acc_t>(deg[t]);
+        for (int k = 0; k < g.Kmax; ++k) {
+          const int64_t j = ip[t * g.Kmax + k];
+          wp[t * g.Kmax + k] = static_cast<scalar_t>(j < 0 ? acc_t(0) : dr * prune::inv_sqrt_degree<acc_t>(deg[b * g.M + j]));
         }
       }
     });

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common/device.h"
+#include "common/limits.h"
 #include "prune/prune_math.h"
 
 #if defined(__CUDACC__)
@@ -15,10 +16,10 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace prune_k {
+namespace prune {
 
 constexpr int kThreads = 256;
-constexpr int kMaxSemanticK = 32;
+constexpr int kMaxSemanticK = static_cast<int>(::imtok::kMaxGraphNeighbours);
 
 // rank[i] = position of score i in the descending order of the M scores of this block (O(M^2 / threads)).
 // scores and rank live in shared memory; the caller syncs before and after.
@@ -298,7 +299,7 @@ __global__ void semantic_topk_kernel(const scalar_t* __restrict__ x, int64_t* __
   }
   for (int off = 16; off > 0; off >>= 1) sr += __shfl_down_sync(0xffffffffu, sr, off);
   sr = __shfl_sync(0xffffffffu, sr, 0);
-  const acc_t nr = ::imtok::prune::psqrt(sr);
+  const acc_t nr = imtok_sqrt(sr);
   acc_t vals[kMaxSemanticK];
   int64_t idxs[kMaxSemanticK];
   int n = 0;
@@ -314,7 +315,7 @@ __global__ void semantic_topk_kernel(const scalar_t* __restrict__ x, int64_t* __
       d += __shfl_down_sync(0xffffffffu, d, off);
       sj += __shfl_down_sync(0xffffffffu, sj, off);
     }
-    if (lane == 0 && j != r) ::imtok::prune::topk_insert(vals, idxs, &n, K, d / (nr * ::imtok::prune::psqrt(sj)), j);
+    if (lane == 0 && j != r) ::imtok::prune::topk_insert(vals, idxs, n, K, d / (nr * imtok_sqrt(sj)), j);
   }
   if (lane == 0)
     for (int k = 0; k < K; ++k) sem_idx[(b * M + r) * K + k] = k < n ? idxs[k] : -1;
@@ -349,13 +350,26 @@ __global__ void graph_weights_kernel(const int64_t* __restrict__ nbr_idx, const 
   const int64_t b = blockIdx.x;
   const int64_t r = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   if (r >= M) return;
-  const acc_t dr = acc_t(1) / ::imtok::prune::psqrt(static_cast<acc_t>(deg[b * M + r]));
+  const acc_t dr = ::imtok::prune::inv_sqrt_degree<acc_t>(deg[b * M + r]);
   for (int k = 0; k < Kmax; ++k) {
     const int64_t j = nbr_idx[(b * M + r) * Kmax + k];
     acc_t w = acc_t(0);
-    if (j >= 0) w = dr * (acc_t(1) / ::imtok::prune::psqrt(static_cast<acc_t>(deg[b * M + j])));
+    if (j >= 0) w = dr * ::imtok::prune::inv_sqrt_degree<acc_t>(deg[b * M + j]);
     nbr_w[(b * M + r) * Kmax + k] = static_cast<scalar_t>(w);
   }
+}
+
+// flag[j] = 1 when image token j + 1 is propagated (listed in prop[b]), else 0; the whole block writes, then syncs.
+template <typename SpanI>
+__device__ __forceinline__ void mark_propagated(SpanI flag, const int64_t* __restrict__ prop, int64_t b, int64_t P,
+                                                int64_t M) {
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) flag[j] = 0;
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    const int64_t t = prop[b * P + p];
+    if (t >= 1 && t <= M) flag[t - 1] = 1;
+  }
+  __syncthreads();
 }
 
 // out[b, 0] = x[b, 0]; out[b, 1 + r] = x[b, kept[r]] + alpha * sum_{j in nbr(kept[r] - 1), j + 1 propagated}
@@ -368,13 +382,7 @@ __global__ void gtp_propagate_kernel(const scalar_t* __restrict__ x, const int64
   IMTOK_DYNAMIC_SHARED(int, flag);
   const int64_t M = N - 1;
   const int64_t b = blockIdx.x;
-  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) flag[j] = 0;
-  __syncthreads();
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    const int64_t t = prop[b * P + p];
-    if (t >= 1 && t <= M) flag[t - 1] = 1;
-  }
-  __syncthreads();
+  mark_propagated(flag, prop, b, P, M);
   const int64_t r0 = int64_t(blockIdx.y) * rows;
   const int64_t rn = imtok_min<int64_t>(rows, Nk + 1 - r0);
   const scalar_t* xb = x + b * N * C;
@@ -412,13 +420,7 @@ __global__ void gtp_propagate_backward_kernel(const scalar_t* __restrict__ g, co
   IMTOK_DYNAMIC_SHARED(int, flag);
   const int64_t M = N - 1;
   const int64_t b = blockIdx.x;
-  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) flag[j] = 0;
-  __syncthreads();
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    const int64_t t = prop[b * P + p];
-    if (t >= 1 && t <= M) flag[t - 1] = 1;
-  }
-  __syncthreads();
+  mark_propagated(flag, prop, b, P, M);
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   acc_t* gxb = gx + b * N * C;
@@ -480,6 +482,6 @@ __global__ void graph_select_kernel(const int64_t* __restrict__ nbr_idx, const s
   }
 }
 
-}  // namespace prune_k
+}  // namespace prune
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

@@ -5,12 +5,14 @@
 #include <cstdint>
 
 #include "common/device.h"
+#include "common/sorted_insert.h"
 
 namespace imtok {
 namespace prune {
 
-IMTOK_HD float psqrt(float x) { return sqrtf(x); }
-IMTOK_HD double psqrt(double x) { return sqrt(x); }
+// 1 / sqrt(degree): GTP's normalized edge weight between r and j is inv_sqrt_degree(r) * inv_sqrt_degree(j).
+template <typename T>
+IMTOK_HD T inv_sqrt_degree(int degree) { return T(1) / imtok_sqrt(static_cast<T>(degree)); }
 
 // True when (a, ia) comes before (b, ib) in a descending top-k order: larger score first, NaN counts as the
 // largest value (as torch.topk), equal scores by ascending index (deterministic; torch.topk leaves ties open).
@@ -40,23 +42,10 @@ IMTOK_HD int spatial_neighbors(int64_t r, int64_t side, int64_t M, int64_t* out)
   return n;
 }
 
-// Insert (v, j) into a descending top-k list of length *n (capacity k), ties by ascending index.
+// Insert (v, j) into a descending top-k list of length n (capacity k), ties by ascending index.
 template <typename T>
-IMTOK_HD void topk_insert(T* vals, int64_t* idxs, int* n, int k, T v, int64_t j) {
-  int pos = *n;
-  if (pos == k) {
-    if (!ranks_before(v, j, vals[k - 1], idxs[k - 1])) return;
-    pos = k - 1;
-  } else {
-    *n = pos + 1;
-  }
-  while (pos > 0 && ranks_before(v, j, vals[pos - 1], idxs[pos - 1])) {
-    vals[pos] = vals[pos - 1];
-    idxs[pos] = idxs[pos - 1];
-    --pos;
-  }
-  vals[pos] = v;
-  idxs[pos] = j;
+IMTOK_HD void topk_insert(T* vals, int64_t* idxs, int& n, int k, T v, int64_t j) {
+  sorted_insert(vals, idxs, n, k, v, j, [](T a, int64_t ia, T b, int64_t ib) { return ranks_before(a, ia, b, ib); });
 }
 
 }  // namespace prune

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/limits.h"
 
 namespace imtok {
 namespace sampling {
@@ -115,7 +116,7 @@ inline void check_gsd_inputs(const at::Tensor& draft_tokens, const at::Tensor& t
   check_same_device(target, "target_logits", draft, "draft_logits");
   check_same_device(target, "target_logits", draft_tokens, "draft_tokens");
   check_same_device(target, "target_logits", embedding, "embedding");
-  TORCH_CHECK_VALUE(window >= 0 && window <= 64, "window must be in [0, 64], got ", window);
+  TORCH_CHECK_VALUE(window >= 0 && window <= kMaxDraftWindow, "window must be in [0, ", kMaxDraftWindow, "], got ", window);
   check_finite(prob_threshold, "prob_threshold");
   TORCH_CHECK_VALUE(prob_threshold >= 0, "prob_threshold must be >= 0, got ", prob_threshold);
   check_finite(dist_threshold, "dist_threshold");

@@ -1,10 +1,6 @@
-// The sampling device kernels for CUDA (CUDA build): torch.ops.imtok_cuda.sampling_* on CUDA tensors.
+// The sampling family's device kernels for CUDA tensors: sampling/sampling_device.h compiled by nvcc.
 #include <torch/library.h>
 
 #include "sampling/sampling_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) {
-  m.impl("sampling_sample_logits", &imtok::cuda_impl::sample_logits_device);
-  m.impl("sampling_maskgit_step", &imtok::cuda_impl::maskgit_step_device);
-  m.impl("sampling_gsd_verify", &imtok::cuda_impl::gsd_verify_device);
-}
+TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { imtok::cuda_impl::sampling::register_device_kernels(m); }

@@ -10,11 +10,12 @@
 #include <cstdint>
 
 #include "common/device.h"
+#include "common/limits.h"
 #include "sampling/sampling_math.h"
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace sampling_k {
+namespace sampling {
 
 using ::imtok::sampling::U32x4;
 constexpr int kThreads = 256;
@@ -517,7 +518,7 @@ __device__ __forceinline__ uint64_t rank_key(float r, int64_t j) {
   return (static_cast<uint64_t>(::imtok::sampling::float_key(r)) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
 }
 
-constexpr int kMaxWindow = 64;
+constexpr int kMaxWindow = static_cast<int>(::imtok::kMaxDraftWindow);
 
 // Acceptance of draft position (b, i): grid (B, L); block kThreads. accept[b, i] = u * sum_C q < sum_C p.
 template <typename scalar_t, typename emb_t>
@@ -684,6 +685,6 @@ __global__ void gsd_finish_kernel(const bool* __restrict__ accept, const scalar_
   }
 }
 
-}  // namespace sampling_k
+}  // namespace sampling
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

@@ -5,8 +5,9 @@
 // number depends only on (seed, stream, row, idx), never on which thread draws it.
 #pragma once
 
+#include <c10/util/bit_cast.h>
+
 #include <cstdint>
-#include <cstring>
 
 #include "common/device.h"
 
@@ -60,23 +61,19 @@ IMTOK_HD float philox_uniform(uint64_t seed, uint32_t stream, uint64_t row, uint
   return uniform_from_bits(u32x4_get(philox_group(seed, stream, row, idx >> 2), static_cast<int>(idx & 3)));
 }
 
+// The bits of a float as uint32 and back.
 IMTOK_HD uint32_t float_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
+  return c10::bit_cast<uint32_t>(f);
 #endif
 }
-
 IMTOK_HD float float_from_bits(uint32_t b) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(b);
 #else
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
+  return c10::bit_cast<float>(b);
 #endif
 }
 

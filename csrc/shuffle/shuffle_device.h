@@ -1,6 +1,8 @@
 // Tensor-level launchers of the Token-Shuffle device kernels (real CUDA build and emulation).
 #pragma once
 
+#include <torch/library.h>
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -13,13 +15,13 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace shuffle_dev {
+namespace shuffle {
 
 using at::Tensor;
 
 inline Tensor permute(const Tensor& x_, int64_t h, int64_t w, int64_t s, bool to_coarse) {
-  const shuffle::ShuffleDims d =
-      shuffle::check_shuffle_args(x_, h, w, s, to_coarse ? shuffle::kTokenShuffle : shuffle::kTokenUnshuffle);
+  const imtok::shuffle::ShuffleDims d =
+      imtok::shuffle::check_shuffle_args(x_, h, w, s, to_coarse ? imtok::shuffle::kTokenShuffle : imtok::shuffle::kTokenUnshuffle);
   const int64_t S = d.S, Q = d.Q, D = d.D;
   const Tensor x = x_.contiguous();
   const int64_t B = x.size(0);
@@ -43,8 +45,8 @@ inline Tensor token_unshuffle(const Tensor& x, int64_t h, int64_t w, int64_t s) 
 
 inline Tensor gemm(const Tensor& x_, int64_t h, int64_t w, int64_t s, const Tensor& weight_,
                    const c10::optional<Tensor>& bias_, int mode) {
-  const shuffle::ShuffleDims d = shuffle::check_shuffle_args(
-      x_, h, w, s, mode == 0 ? shuffle::kShuffleLinear : shuffle::kLinearUnshuffle, &weight_, bias_);
+  const imtok::shuffle::ShuffleDims d = imtok::shuffle::check_shuffle_args(
+      x_, h, w, s, mode == 0 ? imtok::shuffle::kShuffleLinear : imtok::shuffle::kLinearUnshuffle, &weight_, bias_);
   const int64_t S = d.S, Q = d.Q, B = d.B, K = d.K, N = d.N, D = d.D;
   const Tensor x = x_.contiguous(), wgt = weight_.contiguous();
   const bool has_bias = bias_.has_value() && bias_->defined();
@@ -75,15 +77,14 @@ inline Tensor linear_unshuffle(const Tensor& x, int64_t h, int64_t w, int64_t s,
   return gemm(x, h, w, s, weight, bias, 1);
 }
 
-}  // namespace shuffle_dev
+// Registers this family's launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation).
+inline void register_device_kernels(torch::Library& m) {
+  m.impl("shuffle_token_shuffle", &token_shuffle);
+  m.impl("shuffle_token_unshuffle", &token_unshuffle);
+  m.impl("shuffle_linear", &shuffle_linear);
+  m.impl("shuffle_linear_unshuffle", &linear_unshuffle);
+}
+
+}  // namespace shuffle
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok
-
-#define IMTOK_SHUFFLE_REGISTER_DEVICE(m)                                     \
-  do {                                                                       \
-    namespace sd = imtok::IMTOK_DEVICE_NS::shuffle_dev;                      \
-    m.impl("shuffle_token_shuffle", &sd::token_shuffle);                     \
-    m.impl("shuffle_token_unshuffle", &sd::token_unshuffle);                 \
-    m.impl("shuffle_linear", &sd::shuffle_linear);                           \
-    m.impl("shuffle_linear_unshuffle", &sd::linear_unshuffle);               \
-  } while (0)

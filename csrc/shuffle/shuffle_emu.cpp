@@ -1,6 +1,6 @@
-// Emulated CUDA registration of the Token-Shuffle family (device kernels on CPU threads, tests only).
+// The shuffle family's device kernels on CPU threads (emulation build, test-only ops under imtok_cuda_emu).
 #include <torch/library.h>
 
 #include "shuffle/shuffle_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) { IMTOK_SHUFFLE_REGISTER_DEVICE(m); }
+TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) { imtok::emu_impl::shuffle::register_device_kernels(m); }

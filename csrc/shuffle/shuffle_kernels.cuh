@@ -10,7 +10,7 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace shuffle_dev {
+namespace shuffle {
 
 // coarse element e = ((b Q + q) S + sub) D + d  <->  fine element (b T + fine_token(q, sub)) D + d
 template <typename scalar_t>
@@ -24,7 +24,7 @@ __global__ void permute_kernel(const scalar_t* __restrict__ src, scalar_t* __res
   const int64_t sub = rest % S;
   const int64_t bq = rest / S;
   const int64_t b = bq / Q, q = bq % Q;
-  const int64_t f = (b * Q * S + shuffle::fine_token(q, sub, w, s)) * D + d;
+  const int64_t f = (b * Q * S + imtok::shuffle::fine_token(q, sub, w, s)) * D + d;
   if (to_coarse) dst[e] = src[f];
   else dst[f] = src[e];
 }
@@ -51,7 +51,7 @@ __global__ void gather_gemm_kernel(const scalar_t* __restrict__ a, const scalar_
     if (row < rows && ka < K) {
       if (mode == 0) {
         const int64_t b = row / Q, q = row % Q, sub = ka / D, d = ka % D;
-        av = static_cast<acc_t>(a[(b * Q * S + shuffle::fine_token(q, sub, w, s)) * D + d]);
+        av = static_cast<acc_t>(a[(b * Q * S + imtok::shuffle::fine_token(q, sub, w, s)) * D + d]);
       } else {
         av = static_cast<acc_t>(a[row * K + ka]);
       }
@@ -70,11 +70,11 @@ __global__ void gather_gemm_kernel(const scalar_t* __restrict__ a, const scalar_
       c[row * N + col] = static_cast<scalar_t>(acc);
     } else {
       const int64_t b = row / Q, q = row % Q, sub = col / D, d = col % D;
-      c[(b * Q * S + shuffle::fine_token(q, sub, w, s)) * D + d] = static_cast<scalar_t>(acc);
+      c[(b * Q * S + imtok::shuffle::fine_token(q, sub, w, s)) * D + d] = static_cast<scalar_t>(acc);
     }
   }
 }
 
-}  // namespace shuffle_dev
+}  // namespace shuffle
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

@@ -1,9 +1,6 @@
-// The splat device kernels for real GPUs: TORCH_LIBRARY_IMPL(imtok_cuda, CUDA).
+// The splat family's device kernels for CUDA tensors: splat/splat_device.h compiled by nvcc.
 #include <torch/library.h>
 
 #include "splat/splat_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) {
-  m.impl("splat_render", &imtok::cuda_impl::splat_dev::render);
-  m.impl("splat_render_backward", &imtok::cuda_impl::splat_dev::render_backward);
-}
+TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { imtok::cuda_impl::splat::register_device_kernels(m); }

@@ -2,6 +2,8 @@
 // emulated build (splat_emu.cpp): checks, output allocation, dtype dispatch, grid sizes.
 #pragma once
 
+#include <torch/library.h>
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -17,13 +19,7 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace splat_dev {
-
-#if defined(__CUDACC__)
-constexpr c10::DeviceType kDeviceType = c10::DeviceType::CUDA;
-#else
-constexpr c10::DeviceType kDeviceType = c10::DeviceType::CPU;  // the emulation runs device code on CPU tensors
-#endif
+namespace splat {
 
 // Channels per forward/backward block: the smallest of 4, 16, 32 that holds C (C > 32: chunks of 32).
 inline int channel_block(int64_t C) { return C <= 4 ? 4 : (C <= 16 ? 16 : 32); }
@@ -126,6 +122,12 @@ inline std::tuple<at::Tensor, at::Tensor> render_backward(const at::Tensor& grad
   return {dg, df};
 }
 
-}  // namespace splat_dev
+// Registers this family's launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation).
+inline void register_device_kernels(torch::Library& m) {
+  m.impl("splat_render", &render);
+  m.impl("splat_render_backward", &render_backward);
+}
+
+}  // namespace splat
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

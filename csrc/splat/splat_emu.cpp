@@ -1,9 +1,6 @@
-// The splat device kernels compiled for the CUDA emulation shim and registered under imtok_cuda_emu (tests).
+// The splat family's device kernels on CPU threads (emulation build, test-only ops under imtok_cuda_emu).
 #include <torch/library.h>
 
 #include "splat/splat_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) {
-  m.impl("splat_render", &imtok::emu_impl::splat_dev::render);
-  m.impl("splat_render_backward", &imtok::emu_impl::splat_dev::render_backward);
-}
+TORCH_LIBRARY_IMPL(imtok_cuda_emu, CPU, m) { imtok::emu_impl::splat::register_device_kernels(m); }

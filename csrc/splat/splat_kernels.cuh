@@ -17,7 +17,7 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace splat_dev {
+namespace splat {
 
 using imtok::splat::Token;
 
@@ -242,6 +242,6 @@ __global__ void __launch_bounds__(kBwdThreads)
   }
 }
 
-}  // namespace splat_dev
+}  // namespace splat
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

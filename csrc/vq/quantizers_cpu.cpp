@@ -154,15 +154,7 @@ std::tuple<at::Tensor, at::Tensor> lfq_cpu(const at::Tensor& x_in, double value)
     float* qp = q.data_ptr<float>();
     int64_t* ip = indices.data_ptr<int64_t>();
     at::parallel_for(0, n, kGrain / d + 1, [&](int64_t b, int64_t e) {
-      for (int64_t row = b; row < e; ++row) {
-        int64_t idx = 0;
-        for (int j = 0; j < d; ++j) {
-          const bool pos = static_cast<float>(xp[row * d + j]) > 0.f;
-          qp[row * d + j] = pos ? v : -v;
-          idx = (idx << 1) | (pos ? 1 : 0);
-        }
-        ip[row] = idx;
-      }
+      for (int64_t row = b; row < e; ++row) ip[row] = lfq_row(xp + row * d, qp + row * d, d, v);
     });
   });
   return {q, indices};

@@ -2,6 +2,8 @@
 // (quantizers_cuda.cu) and the emulated build (quantizers_emu.cpp): checks, allocation, dispatch, grids.
 #pragma once
 
+#include <torch/library.h>
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,7 +17,7 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
-namespace vqq_dev {
+namespace quantizers {
 
 using vqq::FsqParams;
 
@@ -180,6 +182,16 @@ inline std::tuple<at::Tensor, at::Tensor> ema_stats(const at::Tensor& x_in, cons
   return {counts, sums};
 }
 
-}  // namespace vqq_dev
+// Registers this family's launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation).
+inline void register_device_kernels(torch::Library& m) {
+  m.impl("vq_fsq", &fsq);
+  m.impl("vq_fsq_backward", &fsq_backward);
+  m.impl("vq_fsq_indices_to_codes", &fsq_indices_to_codes);
+  m.impl("vq_lfq", &lfq);
+  m.impl("vq_code_counts", &code_counts);
+  m.impl("vq_ema_stats", &ema_stats);
+}
+
+}  // namespace quantizers
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

@@ -11,6 +11,7 @@
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
+namespace quantizers {
 
 using vqq::FsqParams;
 
@@ -62,19 +63,20 @@ __global__ void fsq_indices_to_codes_kernel(const index_t* __restrict__ indices,
 }
 
 // ---- LFQ / BSQ sign quantization ------------------------------------------------------------------------
-// q = +value where x > 0 else -value (x == 0 and NaN -> -value); index bits most-significant first.
+// One thread per row (vqq::lfq_row).
 template <typename scalar_t>
 __global__ void lfq_forward_kernel(const scalar_t* __restrict__ x, float* __restrict__ q,
                                    int64_t* __restrict__ indices, int64_t n, int d, float value) {
   const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= n) return;
-  int64_t idx = 0;
-  for (int j = 0; j < d; ++j) {
-    const bool pos = static_cast<float>(x[row * d + j]) > 0.f;
-    q[row * d + j] = pos ? value : -value;
-    idx = (idx << 1) | (pos ? 1 : 0);
-  }
-  indices[row] = idx;
+  indices[row] = vqq::lfq_row(x + row * d, q + row * d, d, value);
+}
+
+// c in [0, k); otherwise sets *bad, which the launcher reports after the kernel.
+__device__ __forceinline__ bool code_in_range(int64_t c, int64_t k, int* bad) {
+  if (c >= 0 && c < k) return true;
+  atomicExch(bad, 1);
+  return false;
 }
 
 // ---- per-code counts ----------------------------------------------------------------------------------
@@ -85,10 +87,7 @@ __global__ void code_counts_kernel(const index_t* __restrict__ indices, int64_t 
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t c = static_cast<int64_t>(indices[i]);
-  if (c < 0 || c >= k) {
-    atomicExch(bad, 1);
-    return;
-  }
+  if (!code_in_range(c, k, bad)) return;
   atomicAdd(counts + c, 1ull);
 }
 
@@ -100,10 +99,7 @@ __global__ void ema_chunk_hist_kernel(const index_t* __restrict__ indices, int64
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t c = static_cast<int64_t>(indices[i]);
-  if (c < 0 || c >= k) {
-    atomicExch(bad, 1);
-    return;
-  }
+  if (!code_in_range(c, k, bad)) return;
   atomicAdd(hist + (i / chunk) * k + c, 1);
 }
 
@@ -182,5 +178,6 @@ __global__ void ema_segment_sum_kernel(const scalar_t* __restrict__ x, int64_t d
   sums[t] = s;
 }
 
+}  // namespace quantizers
 }  // namespace IMTOK_DEVICE_NS
 }  // namespace imtok

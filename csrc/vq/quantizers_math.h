@@ -5,11 +5,10 @@
 #include <cstdint>
 
 #include "common/device.h"
+#include "common/limits.h"
 
 namespace imtok {
 namespace vqq {
-
-constexpr int kFsqMaxDims = 32;
 
 // FSQ constants per dimension, computed once on the host exactly as vector-quantize-pytorch 1.32 does in
 // fp32: half_l = (L - 1) * (1 + 1e-3) / 2, offset = 0.5 (L even) or 0, shift = atanh(offset / half_l).
@@ -42,6 +41,19 @@ template <typename acc_t>
 IMTOK_HD acc_t fsq_grad(acc_t grad, acc_t z, const FsqParams& p, int j) {
   const acc_t t = fsq_tanh(z + acc_t(p.shift[j]));
   return ((grad / acc_t(p.half_width[j])) * acc_t(p.half_l[j])) * (acc_t(1) - t * t);
+}
+
+// LFQ / BSQ sign quantization of one row of d values: q = +value where x > 0 else -value (x == 0 and NaN ->
+// -value); returns the index, bits most-significant first.
+template <typename scalar_t>
+IMTOK_HD int64_t lfq_row(const scalar_t* x, float* q, int d, float value) {
+  int64_t idx = 0;
+  for (int j = 0; j < d; ++j) {
+    const bool pos = static_cast<float>(x[j]) > 0.f;
+    q[j] = pos ? value : -value;
+    idx = (idx << 1) | (pos ? 1 : 0);
+  }
+  return idx;
 }
 
 }  // namespace vqq

@@ -411,25 +411,12 @@ void for_each_candidate(const scalar_t* x, int64_t N, const PackedCodebook<acc_t
   for_each_distance<scalar_t, acc_t>(x, N, p, metric, init, fold, finish);
 }
 
-template <typename acc_t>
-acc_t output_distance(acc_t d, acc_t sq_norm_x, int metric) {
-  if (metric != kCosine) return d;
-  // d = -2 x.e_hat; similarity = x_hat.e_hat with x_hat = x / max(|x|, 1e-6); report 1 - similarity
-  return acc_t(1) + (d / acc_t(2)) / std::max(std::sqrt(sq_norm_x), acc_t(1e-6));
-}
-
 std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at::Tensor& codebook_in,
                                                c10::string_view metric_name) {
-  const int metric = parse_metric(metric_name);
-  check_nearest_inputs(x_in, codebook_in);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor codebook = codebook_in.contiguous();
-  auto out_shape = x.sizes().vec();
-  out_shape.pop_back();
-  const auto dist_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor indices = at::empty(out_shape, x.options().dtype(at::kLong));
-  at::Tensor distances = at::empty(out_shape, x.options().dtype(dist_dtype));
-  const int64_t rows = indices.numel();
+  const NearestCall c = prepare_nearest(x_in, codebook_in, 0, false, metric_name);
+  const at::Tensor &x = c.x, &codebook = c.codebook, &indices = c.indices, &distances = c.distances;
+  const int metric = c.metric;
+  const int64_t rows = c.rows;
   if (rows == 0) return {distances, indices};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vq_nearest_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
@@ -444,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at:
       if (metric == kCosine) sq_norm[r] = sq;
     };
     const auto finish = [&](int64_t r) {
-      if (metric == kCosine) dist[r] = output_distance(dist[r], sq_norm[r], metric);
+      if (metric == kCosine) dist[r] = report_distance(dist[r], sq_norm[r], metric);
     };
     for_each_candidate<scalar_t, acc_t>(
         x.data_ptr<scalar_t>(), rows, p, metric, init, [&](int64_t r) { return dist[r]; },
@@ -455,17 +442,10 @@ std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at:
 
 std::tuple<at::Tensor, at::Tensor> nearest_topk_cpu(const at::Tensor& x_in, const at::Tensor& codebook_in, int64_t k,
                                                     c10::string_view metric_name) {
-  const int metric = parse_metric(metric_name);
-  check_nearest_inputs(x_in, codebook_in);
-  check_topk_k(k, codebook_in.size(0));
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor codebook = codebook_in.contiguous();
-  auto out_shape = x.sizes().vec();
-  out_shape.back() = k;
-  const auto dist_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor indices = at::empty(out_shape, x.options().dtype(at::kLong));
-  at::Tensor distances = at::empty(out_shape, x.options().dtype(dist_dtype));
-  const int64_t rows = k == 0 ? 0 : indices.numel() / k;
+  const NearestCall c = prepare_nearest(x_in, codebook_in, k, true, metric_name);
+  const at::Tensor &x = c.x, &codebook = c.codebook, &indices = c.indices, &distances = c.distances;
+  const int metric = c.metric;
+  const int64_t rows = c.rows;
   if (rows == 0) return {distances, indices};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vq_nearest_topk_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
@@ -487,26 +467,13 @@ std::tuple<at::Tensor, at::Tensor> nearest_topk_cpu(const at::Tensor& x_in, cons
           acc_t* td = dist + r * k;
           int64_t* ti = idx + r * k;
           int64_t n = count[r];
-          for (int64_t l = 0; l < kvalid; ++l) {
-            const acc_t d = t[l];
-            const int64_t i = k0 + l;
-            // codes arrive in increasing index order: a candidate enters only if strictly closer than the last
-            if (n == k && !closer(d, i, td[k - 1], ti[k - 1])) continue;
-            int64_t pos = n == k ? k - 1 : n;
-            while (pos > 0 && closer(d, i, td[pos - 1], ti[pos - 1])) {
-              td[pos] = td[pos - 1];
-              ti[pos] = ti[pos - 1];
-              --pos;
-            }
-            td[pos] = d;
-            ti[pos] = i;
-            if (n < k) ++n;
-          }
+          // codes arrive in increasing index order: a candidate enters only if strictly closer than the last
+          for (int64_t l = 0; l < kvalid; ++l) topk_insert(td, ti, n, k, t[l], k0 + l);
           count[r] = n;
         },
         [&](int64_t r) {
           if (metric == kCosine)
-            for (int64_t j = 0; j < k; ++j) dist[r * k + j] = output_distance(dist[r * k + j], sq_norm[r], metric);
+            for (int64_t j = 0; j < k; ++j) dist[r * k + j] = report_distance(dist[r * k + j], sq_norm[r], metric);
         });
   });
   return {distances, indices};

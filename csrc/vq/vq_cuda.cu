@@ -1,8 +1,6 @@
+// The vq nearest-code search for CUDA tensors: vq/vq_device.h compiled by nvcc.
 #include <torch/library.h>
 
 #include "vq/vq_device.h"
 
-TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) {
-  m.impl("vq_nearest", &imtok::cuda_impl::vq::nearest);
-  m.impl("vq_nearest_topk", &imtok::cuda_impl::vq::nearest_topk);
-}
+TORCH_LIBRARY_IMPL(imtok_cuda, CUDA, m) { imtok::cuda_impl::vq::register_device_kernels(m); }

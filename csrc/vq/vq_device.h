@@ -2,6 +2,8 @@
 // the execution shim for the emulated test ops (CPU tensors).
 #pragma once
 
+#include <torch/library.h>
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,23 +19,13 @@ namespace vq {
 
 inline std::tuple<at::Tensor, at::Tensor> nearest_common(const at::Tensor& x_in, const at::Tensor& codebook_in,
                                                          int64_t k, bool topk, c10::string_view metric_name) {
-  const int metric = imtok::vq::parse_metric(metric_name);
-  imtok::vq::check_nearest_inputs(x_in, codebook_in);
-  if (topk) imtok::vq::check_topk_k(k, codebook_in.size(0));
-  IMTOK_DEVICE_GUARD(x_in);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor codebook = codebook_in.contiguous();
-  const int64_t K = codebook.size(0), D = codebook.size(1);
-  auto out_shape = x.sizes().vec();
-  if (topk)
-    out_shape.back() = k;
-  else
-    out_shape.pop_back();
-  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor indices = at::empty(out_shape, x.options().dtype(at::kLong));
-  at::Tensor distances = at::empty(out_shape, x.options().dtype(acc_dtype));
-  const int64_t rows = topk ? indices.numel() / k : indices.numel();
+  const imtok::vq::NearestCall c = imtok::vq::prepare_nearest(x_in, codebook_in, k, topk, metric_name);
+  const at::Tensor &x = c.x, &codebook = c.codebook, &indices = c.indices, &distances = c.distances;
+  const int metric = c.metric;
+  const int64_t rows = c.rows, K = codebook.size(0), D = codebook.size(1);
   if (rows == 0) return {distances, indices};
+  IMTOK_DEVICE_GUARD(x);
+  const auto acc_dtype = distances.scalar_type();
   at::Tensor cb_acc = at::empty({K, D}, x.options().dtype(acc_dtype));
   at::Tensor en = at::empty({K}, x.options().dtype(acc_dtype));
   auto stream = IMTOK_CURRENT_STREAM();
@@ -62,6 +54,12 @@ inline std::tuple<at::Tensor, at::Tensor> nearest(const at::Tensor& x, const at:
 inline std::tuple<at::Tensor, at::Tensor> nearest_topk(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
                                                        c10::string_view metric) {
   return nearest_common(x, codebook, k, true, metric);
+}
+
+// Registers this family's launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation).
+inline void register_device_kernels(torch::Library& m) {
+  m.impl("vq_nearest", &nearest);
+  m.impl("vq_nearest_topk", &nearest_topk);
 }
 
 }  // namespace vq

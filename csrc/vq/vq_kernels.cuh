@@ -14,6 +14,7 @@ namespace vq {
 
 using imtok::vq::closer;
 using imtok::vq::kCosine;
+using imtok::vq::report_distance;
 
 // One thread per code: codebook in the accumulation type (l2-normalized for cosine, eps 1e-6 like
 // F.normalize) and its squared norm (0 for cosine, where only the dot product ranks codes).
@@ -35,13 +36,6 @@ __global__ void prep_codebook_kernel(const scalar_t* __restrict__ cb, int64_t K,
     en[k] = sq;
   }
   for (int64_t d = 0; d < D; ++d) cb_out[k * D + d] = static_cast<acc_t>(cb[k * D + d]) / denom;
-}
-
-template <typename acc_t>
-IMTOK_HD acc_t report_distance(acc_t d, acc_t sq_norm_x, int metric) {
-  if (metric != kCosine) return d;
-  // d = -2 x.e_hat; report 1 - x_hat.e_hat with x_hat = x / max(|x|, 1e-6)
-  return acc_t(1) + (d / acc_t(2)) / imtok_max(imtok_sqrt(sq_norm_x), acc_t(1e-6));
 }
 
 // TOPK = false: k is ignored, one best code per row. TOPK = true: the k closest codes, sorted.
@@ -95,16 +89,7 @@ __global__ void nearest_kernel(const scalar_t* __restrict__ x, int64_t N, int64_
           best_i = ci;
         }
       } else {
-        if (count == k && !closer(dist, ci, top_d[k - 1], top_i[k - 1])) continue;
-        int64_t pos = count == k ? k - 1 : count;
-        while (pos > 0 && closer(dist, ci, top_d[pos - 1], top_i[pos - 1])) {
-          top_d[pos] = top_d[pos - 1];
-          top_i[pos] = top_i[pos - 1];
-          --pos;
-        }
-        top_d[pos] = dist;
-        top_i[pos] = ci;
-        if (count < k) ++count;
+        ::imtok::vq::topk_insert(top_d, top_i, count, k, dist, ci);
       }
     }
   }

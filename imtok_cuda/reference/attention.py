@@ -36,14 +36,11 @@ Conventions
   clipped to its length).
 """
 import math
-from collections import namedtuple
 
 import torch
 
-AttentionOutputs = namedtuple(
-    "AttentionOutputs", ["out", "lse", "cls_attn", "cls_attn_mean", "col_sum", "col_sum_mean"]
-)
-AttentionOutputs.__doc__ = """Output of attention with side outputs; fields not requested are None."""
+# the result type is shared with the fused op (the computation below is the reference's own)
+from ..attention import AttentionOutputs, pack_outputs  # noqa: F401
 
 
 def _acc_dtype(dtype):
@@ -78,20 +75,8 @@ def _dense(q, k, v, key_bias, key_mask, causal, scale, col_range):
     return out, lse, p
 
 
-def attention(
-    q,
-    k,
-    v,
-    key_bias=None,
-    key_mask=None,
-    causal=False,
-    scale=None,
-    return_lse=False,
-    return_cls_attn=False,
-    return_col_sum=False,
-    col_sum_queries=None,
-    cu_seqlens=None,
-):
+def attention(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, return_lse=False,
+              return_cls_attn=False, return_col_sum=False, col_sum_queries=None, cu_seqlens=None):
     """Reference softmax attention (see the module docstring for every convention).
 
     q [B, H, Nq, d], k and v [B, H, Nk, d]; key_bias [B, Nk] (float), key_mask [B, Nk] (bool, True = keep).
@@ -132,16 +117,7 @@ def attention(
             col[:, :, a:b] = p_s[:, :, s0:e, :].sum(dim=2)
 
     out = out.to(q.dtype)
-    if not (return_lse or return_cls_attn or return_col_sum):
-        return out
-    return AttentionOutputs(
-        out,
-        lse if return_lse else None,
-        cls if return_cls_attn else None,
-        cls.mean(dim=1) if return_cls_attn else None,
-        col if return_col_sum else None,
-        col.mean(dim=1) if return_col_sum else None,
-    )
+    return pack_outputs(out, lse, cls, col, return_lse, return_cls_attn, return_col_sum)
 
 
 def attention_probs(q, k, key_bias=None, key_mask=None, causal=False, scale=None):

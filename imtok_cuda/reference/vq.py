@@ -40,19 +40,16 @@ def nearest_topk(x, codebook, k, metric="l2"):
     return order, d.gather(-1, order)
 
 
-def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, metric="l2", generator=None,
-                        topk=None):
+def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, metric="l2", generator=None):
     """RobusTok latent perturbation: for the first floor(B * beta) samples of the batch (dim 0), each token is
-    replaced with probability alpha by a code drawn uniformly from the delta codes nearest to x.
-    topk(x, codebook, k, metric) -> (indices, distances) finds the candidates (default: nearest_topk above)."""
-    topk = nearest_topk if topk is None else topk
+    replaced with probability alpha by a code drawn uniformly from the delta codes nearest to x."""
     B = x.shape[0]
     n_pert = int(math.floor(B * beta))
     out = indices.clone()
     if n_pert == 0 or alpha <= 0:
         return out
     delta = min(int(delta), codebook.shape[0])
-    cand, _ = topk(x[:n_pert], codebook, delta, metric)
+    cand, _ = nearest_topk(x[:n_pert], codebook, delta, metric)
     choice = torch.randint(0, delta, cand.shape[:-1], generator=generator, device=x.device)
     picked = cand.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
     flip = torch.rand(cand.shape[:-1], generator=generator, device=x.device) < alpha

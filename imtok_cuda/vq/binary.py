@@ -5,13 +5,12 @@
 Eval: bits = (sigmoid(z) > 0.5) in z's dtype (in fp16/bf16 this differs from z > 0 for tiny z: sigmoid rounds
 to 0.5). Train: p = sigmoid(z / T), bits = bernoulli(p) + p - p.detach() (straight-through p),
 loss = mean(p (1 - p)) (0 in eval). Decode = bits @ embedding when an embedding [d, D] is given.
-Elementwise torch ops (memory-bound; no dedicated kernel): this is the reference with argument checks.
+Elementwise torch ops (memory-bound; no dedicated kernel), checked against imtok_cuda.reference.vq_quantizers.
 """
 from __future__ import annotations
 
 import torch
 
-from ..reference import vq_quantizers as _reference
 from .._args import as_float
 from ._qcommon import check_float
 
@@ -28,4 +27,10 @@ def binary_quantize(z: torch.Tensor, embedding: torch.Tensor | None = None, trai
         check_float(embedding, "embedding")
         if embedding.dim() != 2 or embedding.shape[0] != z.shape[-1]:
             raise ValueError(f"embedding must have shape [{z.shape[-1]}, D], got {tuple(embedding.shape)}")
-    return _reference.binary_quantize(z, embedding, training, temperature, generator)
+    if training:
+        p = torch.sigmoid(z / temperature)
+        bits = torch.bernoulli(p.detach(), generator=generator) + (p - p.detach())  # straight-through p
+        loss = (p * (1 - p)).mean()
+    else:  # sigmoid in z's dtype, as the anchor does
+        bits, loss = (torch.sigmoid(z) > 0.5).to(z.dtype), z.new_zeros(())
+    return (bits if embedding is None else bits @ embedding.to(bits.dtype)), bits, loss

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .._args import as_float, fcheck, fcheck_dim, fcheck_floating, fcheck_type
+from .._register import register_fake
 from ._qcommon import acc_dtype, check_float, check_index
 
 __all__ = ["code_counts", "perplexity", "ema_stats", "ema_update_", "is_distributed"]
@@ -64,7 +65,7 @@ def ema_stats(x: torch.Tensor, indices: torch.Tensor, K: int):
     return _ops.vq_ema_stats(x.detach(), indices, K)
 
 
-@torch.library.register_fake("imtok_cuda::vq_code_counts")
+@register_fake("vq_code_counts")
 def _counts_fake(indices, K):
     fcheck_type(indices.dtype in (torch.int32, torch.int64), lambda: "indices must be int64 or int32, got %s" % (
         indices.dtype,))
@@ -72,7 +73,7 @@ def _counts_fake(indices, K):
     return indices.new_empty((K,), dtype=torch.int64)
 
 
-@torch.library.register_fake("imtok_cuda::vq_ema_stats")
+@register_fake("vq_ema_stats")
 def _ema_fake(x, indices, K):
     fcheck_floating(x, "x")
     fcheck_dim(x, 2, "x")

@@ -15,11 +15,14 @@ from __future__ import annotations
 import torch
 
 from .._args import fcheck, fcheck_floating, fcheck_type
+from .._loader import LIMITS
+from .._register import register_autograd, register_fake
 from ._qcommon import acc_dtype, check_float, check_index, check_levels
 
 __all__ = ["fsq", "fsq_indices_to_codes", "fsq_codebook_size"]
 
 _ops = torch.ops.imtok_cuda
+_MAX_DIMS = LIMITS["fsq_max_dims"]
 
 
 def fsq_codebook_size(levels) -> int:
@@ -52,7 +55,7 @@ def fsq_indices_to_codes(indices: torch.Tensor, levels) -> torch.Tensor:
 def _fake_levels(levels):
     """csrc/vq/quantizers_common.h make_fsq_params restated."""
     fcheck(len(levels) >= 1, "levels must not be empty")
-    fcheck(len(levels) <= 32, lambda: "levels may have at most 32 entries, got %d" % len(levels))
+    fcheck(len(levels) <= _MAX_DIMS, lambda: "levels may have at most %d entries, got %d" % (_MAX_DIMS, len(levels)))
     basis = 1
     for j, L in enumerate(levels):
         fcheck(2 <= L <= 65536, lambda: "levels[%d] must be in [2, 65536], got %s" % (j, L))
@@ -67,13 +70,13 @@ def _fake_fsq_input(z, levels, name="z"):
            "shape %s" % (name, len(levels), tuple(z.shape)))
 
 
-@torch.library.register_fake("imtok_cuda::vq_fsq")
+@register_fake("vq_fsq")
 def _fsq_fake(z, levels):
     _fake_fsq_input(z, levels)
     return z.new_empty(z.shape, dtype=acc_dtype(z.dtype)), z.new_empty(z.shape[:-1], dtype=torch.int32)
 
 
-@torch.library.register_fake("imtok_cuda::vq_fsq_backward")
+@register_fake("vq_fsq_backward")
 def _fsq_backward_fake(grad_codes, z, levels):
     _fake_fsq_input(z, levels)
     fcheck_floating(grad_codes, "grad_codes")
@@ -81,7 +84,7 @@ def _fsq_backward_fake(grad_codes, z, levels):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("imtok_cuda::vq_fsq_indices_to_codes")
+@register_fake("vq_fsq_indices_to_codes")
 def _fsq_i2c_fake(indices, levels):
     _fake_levels(levels)
     fcheck_type(indices.dtype in (torch.int32, torch.int64), lambda: "indices must be int64 or int32, got %s" % (
@@ -95,11 +98,11 @@ def _fsq_setup(ctx, inputs, output):
     ctx.levels = list(levels)
 
 
-def _fsq_backward(ctx, grad_codes, grad_indices):
+def _fsq_backward(ops, ctx, grad_codes, grad_indices):
     (z,) = ctx.saved_tensors
     if grad_codes is None:
         return None, None
-    return _ops.vq_fsq_backward(grad_codes, z, ctx.levels), None
+    return ops.vq_fsq_backward(grad_codes, z, ctx.levels), None
 
 
-torch.library.register_autograd("imtok_cuda::vq_fsq", _fsq_backward, setup_context=_fsq_setup)
+register_autograd("vq_fsq", _fsq_backward, _fsq_setup)

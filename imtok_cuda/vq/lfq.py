@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .._args import as_bool, as_float, as_int, fcheck, fcheck_floating
+from .._register import register_fake
 from ._qcommon import check_float
 
 __all__ = ["lfq_quantize", "lfq_value", "lfq_entropy", "lfq_per_sample_entropy", "lfq_codebook_entropy"]
@@ -59,7 +60,7 @@ def lfq_quantize(x: torch.Tensor, scale: float = 1.0, spherical: bool = False):
     return xf + (q - xf).detach(), indices, xf
 
 
-@torch.library.register_fake("imtok_cuda::vq_lfq")
+@register_fake("vq_lfq")
 def _lfq_fake(x, value=1.0):
     fcheck(math.isfinite(value), lambda: "value must be finite, got %s" % value)
     fcheck_floating(x, "x")

@@ -4,14 +4,16 @@
 distance matrix (extra memory O(N) plus a packed copy of the codebook), with torch.argmin's tie rule
 (lowest index) and NaN rule (a NaN distance wins, the first one), fp32 accumulation for half inputs.
 """
+import math
+
 import torch
 
 from .. import _loader  # noqa: F401  (loads the kernels)
 from .._args import as_float, as_int, fcheck, fcheck_dim, fcheck_floating
-from ..reference import vq as _reference
+from .._register import register_autograd, register_fake
 
 _METRICS = ("l2", "cosine")
-MAX_TOPK = 128
+MAX_TOPK = _loader.LIMITS["max_topk"]
 
 
 def _check(x, codebook, metric):
@@ -49,7 +51,7 @@ def nearest_topk(x, codebook, k, metric="l2"):
     _check(x, codebook, metric)
     k = as_int(k, "k")
     if not 1 <= k <= min(MAX_TOPK, codebook.shape[0]):
-        raise ValueError(f"k must be in [1, min(128, K={codebook.shape[0]})], got {k}")
+        raise ValueError(f"k must be in [1, min({MAX_TOPK}, K={codebook.shape[0]})], got {k}")
     dist, idx = torch.ops.imtok_cuda.vq_nearest_topk(x, codebook, k, metric)
     return idx, dist
 
@@ -58,7 +60,8 @@ def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, me
     """RobusTok latent perturbation ("Image Tokenizer Needs Post-Training"): for the first floor(B * beta)
     samples (dim 0 of x), each token's code is replaced with probability alpha by one drawn uniformly from the
     delta codes nearest to the continuous x (delta <= 128). Returns new indices; apply after the VQ losses.
-    The reference's protocol and random draws, with the fused nearest_topk finding the candidates."""
+    The reference's protocol and random draws (the candidate choice, then the flip), with the fused nearest_topk
+    finding the candidates."""
     _check(x, codebook, metric)
     delta = as_int(delta, "delta")
     alpha, beta = as_float(alpha, "alpha"), as_float(beta, "beta")
@@ -70,8 +73,16 @@ def latent_perturbation(x, codebook, indices, alpha=1.0, beta=0.1, delta=100, me
         raise ValueError(f"delta must be >= 1, got {delta}")
     if min(delta, codebook.shape[0]) > MAX_TOPK:
         raise ValueError(f"delta must be <= {MAX_TOPK}, got {delta}")
-    return _reference.latent_perturbation(x, codebook, indices, alpha, beta, delta, metric, generator,
-                                          topk=nearest_topk)
+    out = indices.clone()
+    n = int(math.floor(x.shape[0] * beta))
+    if n == 0 or alpha <= 0:
+        return out
+    cand, _ = nearest_topk(x[:n], codebook, min(delta, codebook.shape[0]), metric)
+    rows = cand.shape[:-1]
+    pick = torch.randint(0, cand.shape[-1], rows, generator=generator, device=x.device)
+    flip = torch.rand(rows, generator=generator, device=x.device) < alpha
+    out[:n] = torch.where(flip, cand.gather(-1, pick[..., None])[..., 0], out[:n])
+    return out
 
 
 # ---- fake (meta) kernels -------------------------------------------------------------------------------
@@ -96,14 +107,14 @@ def _check_fake(x, codebook, metric="l2"):
         x.shape[-1], codebook.shape[1]))
 
 
-@torch.library.register_fake("imtok_cuda::vq_nearest")
+@register_fake("vq_nearest")
 def _nearest_fake(x, codebook, metric="l2"):
     _check_fake(x, codebook, metric)
     shape = x.shape[:-1]
     return x.new_empty(shape, dtype=_dist_dtype(x)), x.new_empty(shape, dtype=torch.int64)
 
 
-@torch.library.register_fake("imtok_cuda::vq_nearest_topk")
+@register_fake("vq_nearest_topk")
 def _nearest_topk_fake(x, codebook, k, metric="l2"):
     _check_fake(x, codebook, metric)
     fcheck(1 <= k <= MAX_TOPK, lambda: "k must be in [1, %d], got %s" % (MAX_TOPK, k))
@@ -151,16 +162,16 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(x, codebook, output[1])
 
 
-def _backward(ctx, grad_dist, grad_idx):
+def _backward(ops, ctx, grad_dist, grad_idx):
     x, codebook, idx = ctx.saved_tensors
     gx, gc = _distance_grads(x, codebook, idx, grad_dist, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
     return gx, gc, None
 
 
-def _backward_topk(ctx, grad_dist, grad_idx):
-    gx, gc, _ = _backward(ctx, grad_dist, grad_idx)
+def _backward_topk(ops, ctx, grad_dist, grad_idx):
+    gx, gc, _ = _backward(ops, ctx, grad_dist, grad_idx)
     return gx, gc, None, None
 
 
-torch.library.register_autograd("imtok_cuda::vq_nearest", _backward, setup_context=_setup)
-torch.library.register_autograd("imtok_cuda::vq_nearest_topk", _backward_topk, setup_context=_setup)
+register_autograd("vq_nearest", _backward, _setup)
+register_autograd("vq_nearest_topk", _backward_topk, _setup)
