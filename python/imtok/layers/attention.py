@@ -31,12 +31,20 @@ __all__ = ["attention", "self_attention", "Attention", "AttentionSideOutputs", "
 
 
 def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None, cu_seqlens=None,
-              return_lse=False, return_cls_attn=False, return_col_sum=False, col_sum_queries=None):
+              return_lse=False, return_cls_attn=False, return_col_sum=False, col_sum_queries=None,
+              causal_after=None):
     """softmax(scale q k^T + key_bias, masked) v for q [B, H, Nq, d], k and v [B, H, Nk, d].
 
     Same conventions and return values as imtok_cuda.attention.attention (out, or AttentionOutputs when a side
     output is requested): key_mask [B, Nk] bool True = keep, causal bottom-right aligned, a query with no
-    visible key gets out = 0."""
+    visible key gets out = 0.
+    causal_after=P (self-attention, Nq == Nk): a prefix-LM mask, FlexTok's "causal_last": the first P tokens
+    attend to one another, token i >= P attends to every key j <= i. Two calls on the same q, k, v and no
+    Nq x Nk mask: the prefix's queries over the prefix's keys (non-causal), the rest's queries over all keys
+    with causal=True (bottom-right aligned: query P + j sees keys <= P + j)."""
+    if causal_after is not None:
+        return _prefix_causal(q, k, v, int(causal_after), key_bias, key_mask, scale, causal,
+                              cu_seqlens, return_lse or return_cls_attn or return_col_sum)
     side = return_lse or return_cls_attn or return_col_sum
     kwargs = dict(key_bias=key_bias, key_mask=key_mask, causal=causal, scale=scale, return_lse=return_lse,
                   return_cls_attn=return_cls_attn, return_col_sum=return_col_sum,
@@ -47,6 +55,22 @@ def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None
     if plain and (not causal or q.shape[2] == k.shape[2]) and q.shape[2] > 0 and k.shape[2] > 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), scale=scale)
     return imtok_cuda.attention.attention(q, k, v, **kwargs)
+
+
+def _prefix_causal(q, k, v, P, key_bias, key_mask, scale, causal, cu_seqlens, side):
+    if causal or cu_seqlens is not None or side:
+        raise ValueError("causal_after goes without causal, cu_seqlens and side outputs")
+    N = q.shape[2]
+    if k.shape[2] != N or not 0 <= P <= N:
+        raise ValueError(f"causal_after needs self-attention (Nq == Nk) and 0 <= causal_after <= N; got Nq {N}, "
+                         f"Nk {k.shape[2]}, causal_after {P}")
+    if P == N:
+        return attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scale=scale)
+    head = attention(q[:, :, :P], k[:, :, :P], v[:, :, :P], scale=scale,
+                     key_bias=None if key_bias is None else key_bias[:, :P],
+                     key_mask=None if key_mask is None else key_mask[:, :P]) if P else None
+    tail = attention(q[:, :, P:], k, v, key_bias=key_bias, key_mask=key_mask, causal=True, scale=scale)
+    return tail if head is None else torch.cat([head, tail], 2)
 
 
 class KVCache:
@@ -91,7 +115,7 @@ SIDE_OUTPUTS = ("q", "k", "lse", "cls_attn", "cls_attn_heads", "col_sum", "col_s
 
 
 def self_attention(module: nn.Module, x: torch.Tensor, *, key_bias=None, key_mask=None, causal=False,
-                   cu_seqlens=None, rope=None, kv_cache=None, need=()):
+                   cu_seqlens=None, rope=None, kv_cache=None, need=(), causal_after=None):
     """The qkv -> attention -> proj forward of any attention module with timm's or Hugging Face's names.
 
     This is the one place where a model's (or a patched third-party model's) self-attention runs:
@@ -132,7 +156,8 @@ def self_attention(module: nn.Module, x: torch.Tensor, *, key_bias=None, key_mas
     want_cls = bool(need & {"cls_attn", "cls_attn_heads"})
     want_col = bool(need & {"col_sum", "col_sum_heads"})
     res = attention(q, k, v, key_bias=key_bias, key_mask=key_mask, causal=causal, scale=module.scale,
-                    cu_seqlens=cu_seqlens, return_lse=want_lse, return_cls_attn=want_cls, return_col_sum=want_col)
+                    cu_seqlens=cu_seqlens, return_lse=want_lse, return_cls_attn=want_cls, return_col_sum=want_col,
+                    causal_after=causal_after)
     side = want_lse or want_cls or want_col
     out = (res.out if side else res).transpose(1, 2).reshape(B, N, H * d)
     norm = getattr(module, "norm", None)
@@ -158,7 +183,8 @@ class Attention(nn.Module):
     """Multi-head self-attention with timm's names (qkv, proj, num_heads, head_dim, scale).
 
     forward(x [B, N, C], key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
-            side_outputs=False)
+            side_outputs=False, causal_after=None)
+    causal_after=P: prefix-LM mask (FlexTok's causal_last), see `attention`.
     rope: a callable (q, k) -> (q, k) applied after the projection (e.g. 2D rotary embedding with positions).
     kv_cache: a KVCache; the new keys/values are appended and attention runs over everything cached
               (causal then aligns the new queries with the last keys).
@@ -180,10 +206,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x, key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
-                side_outputs=False):
+                side_outputs=False, causal_after=None):
         need = ("lse", "cls_attn", "col_sum", "k") if side_outputs else ()
         res = self_attention(self, x, key_bias=key_bias, key_mask=key_mask, causal=causal, cu_seqlens=cu_seqlens,
-                             rope=rope, kv_cache=kv_cache, need=need)
+                             rope=rope, kv_cache=kv_cache, need=need, causal_after=causal_after)
         if not side_outputs:
             return res
         out, side = res
