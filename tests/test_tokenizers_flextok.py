@@ -65,6 +65,11 @@ def test_causal_after_equals_dense_boolean_mask(reference):
     g = torch.randn_like(want)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
         torch.testing.assert_close(a, b)
+    keep = torch.rand(B, P + R, generator=torch.Generator().manual_seed(1)) > 0.3
+    keep[:, 0] = True
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=prefix_lm_mask(P, P + R) & keep[:, None, None, :])
+    with imtok.use_reference(reference):
+        torch.testing.assert_close(attention(q, k, v, causal_after=P, key_mask=keep), want)
     with pytest.raises(ValueError, match="causal_after"):
         attention(q, k, v, causal_after=P, causal=True)
 

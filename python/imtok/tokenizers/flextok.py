@@ -53,6 +53,7 @@ from .base import Tokenizer, check_images, check_lengths
 __all__ = ["FlexTokConfig", "FlexTok", "sample_keep_k", "normalized_guidance"]
 
 NESTED_DROPOUT_MODES = ("uniform", "pow2", "uniform_pow2")
+_ZERO_INIT = ("adaLN_modulation", "head_modulation", "to_velocity")  # AdaLN-zero: the flow model starts at v = 0
 
 
 @dataclasses.dataclass
@@ -293,9 +294,9 @@ class FlexTok(Tokenizer):
         self.encoder = FlexTokEncoder(c)
         self.quantize = FiniteScalarQuantize(c.levels)
         self.decoder = FlowDecoder(c) if c.decoder == "flow" else PixelDecoder(c)
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and "adaLN_modulation" not in name and m.weight.abs().sum() > 0:
-                nn.init.xavier_uniform_(m.weight)  # the anchor's "xavier" style; zero-initialised layers stay zero
+        for name, m in self.named_modules():  # the anchor's "xavier" init; AdaLN-zero layers stay zero
+            if isinstance(m, nn.Linear) and not any(z in name for z in _ZERO_INIT):
+                nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
