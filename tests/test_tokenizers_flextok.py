@@ -285,6 +285,11 @@ def test_bad_input_names_the_argument():
         tok.decode_tokens(torch.zeros(2, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="z_q must have shape"):
         tok.decode(torch.zeros(2, 5, 1, 8))
+    flow = tiny("flow").eval()
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        flow.decode_tokens(tokens, steps=0)
+    with pytest.raises(ValueError, match="noise must be a tensor of shape"):
+        flow.decode_tokens(tokens, noise=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="image_size 18 must be divisible by patch_size 4"):
         FlexTokConfig(**{**TINY, "image_size": 18})
 

@@ -25,6 +25,7 @@ Decoders (`decoder`):
       batch of 2B and combine as CFG, uncond + g (cond - uncond), or with norm_guidance as APG (Sadat et al.
       2024, the anchor's normalized_guidance: momentum -0.5, norm threshold 2.5, eta 0, per sample).
       Defaults are the pipeline's (25 steps, g = 1); the anchor's README decodes with 20 steps, g = 7.5, APG.
+      APG's norm threshold 2.5 was set for 32 x 32 x 16 VAE latents: on pixels (256 x 256 x 3) it clips more.
   "pixel": a ViT over [P learned patch queries; registers] whose patch outputs map linearly to pixels (TiTok's
       single-stage head, without its conv): trains in CPU minutes with an L2 loss.
 Unlike the anchor, both work on pixels in [-1, 1] (images are [0, 1] at the API): the anchor's flow decoder
@@ -350,8 +351,14 @@ class FlexTok(Tokenizer):
         if self.config.decoder == "pixel":
             return self.decoder(codes, keep_k) * 0.5 + 0.5
         c = self.config
+        steps = c.sample_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        size = (codes.shape[0], 3, c.image_size, c.image_size)
+        if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != size):
+            raise ValueError(f"noise must be a tensor of shape {list(size)}, got {tuple(getattr(noise, 'shape', ()))}")
         regs = self.decoder.registers(codes, keep_k)
-        out = self.decoder.sample(regs, c.sample_steps if steps is None else steps,
+        out = self.decoder.sample(regs, steps,
                                   c.guidance_scale if guidance_scale is None else guidance_scale,
                                   c.norm_guidance if norm_guidance is None else norm_guidance, generator, noise)
         return out * 0.5 + 0.5
