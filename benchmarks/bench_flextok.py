@@ -11,7 +11,9 @@ Rows
   (`causal_after`) vs F.scaled_dot_product_attention with the [L, L] boolean mask; and the whole d12 encoder
   (forward, and forward + backward) with either attention.
 Fused and reference (or SDPA) calls are interleaved on the same inputs; the rows give medians and the notes the
-spread (min-max).
+spread (min-max). Peak memory on CPU is the resident-set high-water mark: run with MALLOC_MMAP_THRESHOLD_=65536
+so that glibc maps and unmaps every large buffer (with its default dynamic threshold, freed buffers are reused
+from the heap and whichever variant runs second reads ~0).
 """
 import importlib
 import os

@@ -41,7 +41,8 @@ def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None
     causal_after=P (self-attention, Nq == Nk): a prefix-LM mask, FlexTok's "causal_last": the first P tokens
     attend to one another, token i >= P attends to every key j <= i. Two calls on the same q, k, v and no
     Nq x Nk mask: the prefix's queries over the prefix's keys (non-causal), the rest's queries over all keys
-    with causal=True (bottom-right aligned: query P + j sees keys <= P + j)."""
+    with causal=True (bottom-right aligned: query P + j sees keys <= P + j); on the fused op both run under one
+    autograd node (_PrefixCausal)."""
     if causal_after is not None:
         return _prefix_causal(q, k, v, int(causal_after), key_bias, key_mask, scale, causal,
                               cu_seqlens, return_lse or return_cls_attn or return_col_sum)
@@ -64,13 +65,50 @@ def _prefix_causal(q, k, v, P, key_bias, key_mask, scale, causal, cu_seqlens, si
     if k.shape[2] != N or not 0 <= P <= N:
         raise ValueError(f"causal_after needs self-attention (Nq == Nk) and 0 <= causal_after <= N; got Nq {N}, "
                          f"Nk {k.shape[2]}, causal_after {P}")
-    if P == N:
-        return attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scale=scale)
-    head = attention(q[:, :, :P], k[:, :, :P], v[:, :, :P], scale=scale,
-                     key_bias=None if key_bias is None else key_bias[:, :P],
-                     key_mask=None if key_mask is None else key_mask[:, :P]) if P else None
-    tail = attention(q[:, :, P:], k, v, key_bias=key_bias, key_mask=key_mask, causal=True, scale=scale)
-    return tail if head is None else torch.cat([head, tail], 2)
+    if P == N or P == 0:
+        return attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scale=scale, causal=P == 0)
+    if reference_enabled() or key_bias is not None:
+        head = attention(q[:, :, :P], k[:, :, :P], v[:, :, :P], scale=scale,
+                         key_bias=None if key_bias is None else key_bias[:, :P],
+                         key_mask=None if key_mask is None else key_mask[:, :P])
+        tail = attention(q[:, :, P:], k, v, key_bias=key_bias, key_mask=key_mask, causal=True, scale=scale)
+        return torch.cat([head, tail], 2)
+    imtok_cuda.attention._check(q, k, v, None, key_mask, None)
+    return _PrefixCausal.apply(q, k, v, P, key_mask, scale)
+
+
+class _PrefixCausal(torch.autograd.Function):
+    """The two fused calls of `causal_after` under one autograd node: the backward runs the two fused backward
+    kernels and adds the prefix's key / value gradients in place, instead of autograd zero-padding six sliced
+    gradients to full size and summing them; it keeps the concatenated output for the backward (its halves are
+    views), so training keeps one output per layer as a single call does."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, P, key_mask, scale):
+        ops = torch.ops.imtok_cuda
+        head_mask = None if key_mask is None else key_mask[:, :P].contiguous()
+        head, head_lse, _, _ = ops.attention_forward(q[:, :, :P], k[:, :, :P], v[:, :, :P], None, head_mask, False,
+                                                     scale, False, False, 0, -1, None)
+        tail, tail_lse, _, _ = ops.attention_forward(q[:, :, P:], k, v, None, key_mask, True, scale, False, False,
+                                                     0, -1, None)
+        out = torch.cat([head, tail], 2)
+        ctx.P, ctx.scale = P, scale
+        ctx.save_for_backward(q, k, v, out, head_lse, tail_lse, head_mask, key_mask)  # out, not head and tail
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, head_lse, tail_lse, head_mask, key_mask = ctx.saved_tensors
+        P, ops = ctx.P, torch.ops.imtok_cuda
+        head, tail = out[:, :, :P], out[:, :, P:]
+        dq_head, dk_head, dv_head, _ = ops.attention_backward(
+            grad[:, :, :P], None, q[:, :, :P], k[:, :, :P], v[:, :, :P], head, head_lse, None, head_mask, False,
+            ctx.scale, None, False)
+        dq_tail, dk, dv, _ = ops.attention_backward(grad[:, :, P:], None, q[:, :, P:], k, v, tail, tail_lse, None,
+                                                    key_mask, True, ctx.scale, None, False)
+        dk[:, :, :P] += dk_head
+        dv[:, :, :P] += dv_head
+        return torch.cat([dq_head, dq_tail], 2), dk, dv, None, None, None
 
 
 class KVCache:
