@@ -62,6 +62,8 @@ def test_causal_after_equals_dense_boolean_mask(reference):
     with imtok.use_reference(reference):
         got = attention(q, k, v, causal_after=P)
     torch.testing.assert_close(got, want)
+    with torch.no_grad(), imtok.use_reference(reference):  # the no-gradient path (SDPA for the prefix)
+        torch.testing.assert_close(attention(q, k, v, causal_after=P), want.detach())
     g = torch.randn_like(want)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
         torch.testing.assert_close(a, b)

@@ -41,8 +41,8 @@ def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None
     causal_after=P (self-attention, Nq == Nk): a prefix-LM mask, FlexTok's "causal_last": the first P tokens
     attend to one another, token i >= P attends to every key j <= i. Two calls on the same q, k, v and no
     Nq x Nk mask: the prefix's queries over the prefix's keys (non-causal), the rest's queries over all keys
-    with causal=True (bottom-right aligned: query P + j sees keys <= P + j); on the fused op both run under one
-    autograd node (_PrefixCausal)."""
+    with causal=True (bottom-right aligned: query P + j sees keys <= P + j). Without gradients the prefix is
+    plain attention (SDPA); with gradients both run on the fused op under one autograd node (_PrefixCausal)."""
     if causal_after is not None:
         return _prefix_causal(q, k, v, int(causal_after), key_bias, key_mask, scale, causal,
                               cu_seqlens, return_lse or return_cls_attn or return_col_sum)
@@ -67,7 +67,9 @@ def _prefix_causal(q, k, v, P, key_bias, key_mask, scale, causal, cu_seqlens, si
                          f"Nk {k.shape[2]}, causal_after {P}")
     if P == N or P == 0:
         return attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scale=scale, causal=P == 0)
-    if reference_enabled() or key_bias is not None:
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if reference_enabled() or key_bias is not None or not needs_grad:
+        # without gradients each half goes through the dispatcher: the prefix is plain attention (SDPA)
         head = attention(q[:, :, :P], k[:, :, :P], v[:, :, :P], scale=scale,
                          key_bias=None if key_bias is None else key_bias[:, :P],
                          key_mask=None if key_mask is None else key_mask[:, :P])
