@@ -74,9 +74,19 @@ def _prefix_causal(q, k, v, P, key_bias, key_mask, scale, causal, cu_seqlens, si
                          key_bias=None if key_bias is None else key_bias[:, :P],
                          key_mask=None if key_mask is None else key_mask[:, :P])
         tail = attention(q[:, :, P:], k, v, key_bias=key_bias, key_mask=key_mask, causal=True, scale=scale)
-        return torch.cat([head, tail], 2)
+        return _concat_tokens(head, tail)
     imtok_cuda.attention._check(q, k, v, None, key_mask, None)
     return _PrefixCausal.apply(q, k, v, P, key_mask, scale)
+
+
+def _concat_tokens(head, tail):
+    """[B, H, N, d] laid out as [B, N, H, d]: self_attention's reshape to [B, N, H d] is then a view, which pays
+    for the concatenation's copy. (Autograd takes no out=: with gradients, a plain cat.)"""
+    if torch.is_grad_enabled() and (head.requires_grad or tail.requires_grad):
+        return torch.cat([head, tail], 2)
+    B, H, P, d = head.shape
+    out = head.new_empty(B, P + tail.shape[2], H, d).transpose(1, 2)
+    return torch.cat([head, tail], 2, out=out)
 
 
 class _PrefixCausal(torch.autograd.Function):
@@ -93,7 +103,7 @@ class _PrefixCausal(torch.autograd.Function):
                                                      scale, False, False, 0, -1, None)
         tail, tail_lse, _, _ = ops.attention_forward(q[:, :, P:], k, v, None, key_mask, True, scale, False, False,
                                                      0, -1, None)
-        out = torch.cat([head, tail], 2)
+        out = _concat_tokens(head, tail)
         ctx.P, ctx.scale = P, scale
         ctx.save_for_backward(q, k, v, out, head_lse, tail_lse, head_mask, key_mask)  # out, not head and tail
         return out
