@@ -1,4 +1,5 @@
-"""The vector quantizer of the discrete tokenizers (LlamaGen VQGAN, TiTok, One-D-Piece).
+"""The quantizers of the discrete tokenizers: VectorQuantize (LlamaGen VQGAN, TiTok, One-D-Piece) and
+FiniteScalarQuantize (FlexTok's FSQ; specs/vq.md).
 
     vq = VectorQuantize(codebook_size=4096, dim=12, beta=0.25, l2_norm=True)
     z_q, indices, info = vq(z)          # z [..., dim] channel-last; z_q straight-through, same shape
@@ -35,7 +36,7 @@ from imtok_cuda.reference import vq_quantizers as _reference_quantizers
 
 from .switch import reference_enabled
 
-__all__ = ["VectorQuantize", "entropy_loss"]
+__all__ = ["VectorQuantize", "FiniteScalarQuantize", "entropy_loss"]
 
 PERTURBATION_DEFAULTS = {"alpha": 1.0, "beta": 0.1, "delta": 100, "end_ratio": 1.0, "anneal_start": 0,
                          "anneal_end": 0}
@@ -149,6 +150,41 @@ class VectorQuantize(nn.Module):
                               else _fused_vq.perplexity(counts))
         z_q = z + (e - z).detach()
         return z_q.to(in_dtype), indices, info
+
+
+class FiniteScalarQuantize(nn.Module):
+    """FSQ (Mentzer et al.) on imtok_cuda.vq.fsq, or its reference inside `imtok.use_reference()`: no parameters,
+    no loss, the implicit codebook never built.
+
+    forward(z [..., len(levels)]) -> (codes [..., d] fp32 in [-1, 1], straight-through; indices int64 [...];
+    info with the batch's code-usage perplexity). lookup(indices) -> codes."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = [int(L) for L in levels]
+        self.dim = len(self.levels)
+        self.codebook_size = _fused_vq.fsq_codebook_size(self.levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, codebook_size={self.codebook_size}"
+
+    def forward(self, z: torch.Tensor):
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"z.shape[-1] must be {self.dim} (len(levels)), got shape {tuple(z.shape)}")
+        reference = reference_enabled()
+        codes, indices = (_reference_quantizers.fsq if reference else _fused_vq.fsq)(z, self.levels)
+        indices = indices.long()
+        counts = (_reference_quantizers.code_counts(indices, self.codebook_size) if reference
+                  else _fused_vq.code_counts(indices, self.codebook_size))
+        perplexity = (_reference_quantizers.perplexity(counts) if reference else _fused_vq.perplexity(counts))
+        return codes, indices, {"perplexity": perplexity}
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes [..., d] (fp32) of int indices [...] in [0, codebook_size)."""
+        check_tokens(indices, self.codebook_size, "tokens")
+        convert = (_reference_quantizers.fsq_indices_to_codes if reference_enabled()
+                   else _fused_vq.fsq_indices_to_codes)
+        return convert(indices.long(), self.levels)
 
 
 def check_tokens(tokens, codebook_size: int, name: str = "tokens"):

@@ -1,4 +1,4 @@
-"""Discrete image tokenizers on the fused ops: VQGAN (LlamaGen VQ-16 / VQ-8), TiTok, One-D-Piece.
+"""Discrete image tokenizers on the fused ops: VQGAN (LlamaGen VQ-16 / VQ-8), TiTok, One-D-Piece, FlexTok.
 
     import imtok.tokenizers as T
     tok = T.create("one-d-piece-tiny")
@@ -8,6 +8,7 @@
     tok = T.load_official("titok", official_state_dict, official_yaml_as_dict)
 """
 from .base import FAMILIES, Tokenizer
+from .flextok import FlexTok, FlexTokConfig
 from .official import load_official
 from .registry import REGISTRY, available, create
 from .titok import OneDPiece, TiTok, TiTokConfig
@@ -16,4 +17,4 @@ from .vqgan import VQGAN, VQGANConfig
 from_pretrained = Tokenizer.from_pretrained
 
 __all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "create", "available",
-           "load_official", "from_pretrained", "REGISTRY", "FAMILIES"]
+           "load_official", "from_pretrained", "REGISTRY", "FAMILIES", "FlexTok", "FlexTokConfig"]

@@ -59,6 +59,21 @@ for _name, _enc, _n in (("titok-bl-64-vq8k", "base", 64), ("titok-bl-128-vq8k", 
     REGISTRY[_name] = ("titok", _titok(_enc, "large", _n, codebook_size=8192, token_size=64, use_l2_norm=False),
                        f"TiTok single-stage: ViT-{_enc} encoder, ViT-large decoder, {_n} tokens, 8192 x 64")
 
+# FlexTok (apple/ml-flextok): d<enc>-d<dec> with head dim 64 and width 64 x depth, 256 registers, FSQ 64000, on
+# pixels with patch 16 (the anchor: 2 x 2 patches of f8 VAE latents, the same 256 patches at 256 px).
+# flextok-tiny: 32 px, patch 4, width 128, 2 + 2 blocks, 32 registers, the direct pixel decoder.
+_FLEXTOK_TINY = {"image_size": 32, "patch_size": 4, "num_registers": 32, "enc_width": 128, "enc_depth": 2,
+                 "dec_width": 128, "dec_depth": 2, "head_dim": 32, "decoder": "pixel"}
+REGISTRY["flextok-tiny"] = ("flextok", _FLEXTOK_TINY,
+                            "CPU size: 32 px, patch 4, width 128, 2+2 blocks, 32 registers, FSQ 64000, pixel decoder")
+REGISTRY["flextok-tiny-flow"] = ("flextok", {**_FLEXTOK_TINY, "decoder": "flow"},
+                                 "CPU size: as flextok-tiny with the rectified-flow decoder")
+for _enc, _dec in ((12, 12), (18, 18), (18, 28)):
+    REGISTRY[f"flextok-d{_enc}-d{_dec}"] = (
+        "flextok", {"enc_width": 64 * _enc, "enc_depth": _enc, "dec_width": 64 * _dec, "dec_depth": _dec},
+        f"FlexTok d{_enc}-d{_dec}: widths {64 * _enc}/{64 * _dec}, 256 registers, FSQ 64000, rectified-flow decoder "
+        "on pixels")
+
 
 def available() -> dict[str, str]:
     return {name: desc for name, (_, _, desc) in REGISTRY.items()}

@@ -359,7 +359,8 @@ def perturbation_at(step: int, cfg: TrainConfig) -> tuple[float, int]:
 class TokenizerTrainer(Trainer):
     """Reconstruction training of any module with forward(x[, lengths]) -> (reconstruction, info).
 
-    Loss = rec (L1/L2) + quantizer_weight * info["quantizer_loss"] (or info["loss"]) + optional perceptual +
+    Loss = rec (L1/L2, or the model's own info["rec_loss"]) + quantizer_weight * info["quantizer_loss"] (or
+    info["loss"]) + optional perceptual +
     optional PatchGAN hinge (generator side) with LeCam on the discriminator. 1D tokenizers (a
     `num_latent_tokens` attribute and a `lengths` argument) drop tail tokens as their config says, or with
     cfg.tail_drop="on" get lengths ~ U{1..N} per sample drawn here for the global batch, so that any split
@@ -443,7 +444,8 @@ class TokenizerTrainer(Trainer):
         else:
             recon, info = self.ddp(x)
         recon = recon.float()
-        rec = reconstruction_loss(recon, x, cfg.rec_loss)
+        # a model with its own reconstruction objective (FlexTok's flow matching) puts it in info["rec_loss"]
+        rec = info["rec_loss"].float() if "rec_loss" in info else reconstruction_loss(recon, x, cfg.rec_loss)
         qloss = info.get("quantizer_loss", info.get("loss"))
         loss = rec
         logs = {"rec_loss": rec.detach()}
