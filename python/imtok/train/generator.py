@@ -64,7 +64,7 @@ class GeneratorTrainer(Trainer):
         train_images = data[0]
         self.labels, self.num_classes = labels if labels is not None else class_labels(train_images)
         self.tokenizer = tokenizer.to(self.device).eval().requires_grad_(False)
-        crops = RandomCrops(train_images, cfg.crop, seed=cfg.seed + 1, flip=cfg.flip)
+        crops = RandomCrops(train_images, cfg.crop, seed=cfg.seed + 1, flip=cfg.flip, scale=cfg.crop_scale)
         tokens, conds = [], []
         with torch.no_grad():
             for start in range(0, pool, 256):
