@@ -237,6 +237,18 @@ def test_quantizer_warmup_trains_continuous_then_starts_the_codebook_from_kmeans
     assert float(torch.cdist(z, codes).min(1).values.mean()) < 0.5 * float(torch.cdist(z, before).min(1).values.mean())
 
 
+def test_tail_drop_starts_at_tail_drop_start(tmp_path, photo_data):
+    torch.manual_seed(0)
+    tr = TokenizerTrainer(Tiny1D(size=16), _cfg(tmp_path, tail_drop="on", tail_drop_start=2), data=photo_data)
+    batches = iter(tr.batches(0))
+    seen = []
+    for step in range(4):
+        tr.train_step(next(batches), step)
+        seen.append(torch.cat(tr._lengths))
+    assert all(bool((s == 8).all()) for s in seen[:2])  # before the start: every crop decoded from all 8 tokens
+    assert any(bool((s < 8).any()) for s in seen[2:]) and all(bool(((s >= 1) & (s <= 8)).all()) for s in seen)
+
+
 def test_grad_accumulation_matches_full_batch(tmp_path, photo_data):
     def run(accum, out):
         torch.manual_seed(0)

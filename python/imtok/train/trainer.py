@@ -106,9 +106,13 @@ def psnr_batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)
 
 
-def save_grid(path: str, rows: list[torch.Tensor], pad: int = 2):
-    """PNG of image rows (each [n, 3, H, W] in [0, 1]) stacked vertically, white padding."""
+def save_grid(path: str, rows: list[torch.Tensor], pad: int = 2, zoom: int = 1):
+    """PNG of image rows (each [n, 3, H, W] in [0, 1]) stacked vertically, white padding; zoom: each pixel
+    drawn as a zoom x zoom block (small crops stay visible in a page)."""
     from PIL import Image
+
+    if zoom > 1:
+        rows = [r.repeat_interleave(zoom, -1).repeat_interleave(zoom, -2) for r in rows]
 
     n, _, h, w = rows[0].shape
     canvas = torch.ones(3, len(rows) * (h + pad) + pad, n * (w + pad) + pad)
