@@ -102,6 +102,17 @@ def test_scaled_crops_show_a_fraction_of_the_photo(tmp_path):
         RandomCrops(train, 16, scale=(0.5, 1.5))
 
 
+def test_shuffle_channels_permutes_the_same_crop(photo_data):
+    plain = RandomCrops(photo_data[0], 16, seed=3)
+    shuffled = RandomCrops(photo_data[0], 16, seed=3, shuffle_channels=True)
+    moved = 0
+    for i in range(24):
+        a, b = plain[i], shuffled[i]
+        perm = [next(c for c in range(3) if torch.equal(b[k], a[c])) for k in range(3)]  # raises if not a permutation
+        moved += perm != [0, 1, 2] and not torch.equal(a, b)
+    assert moved > 0
+
+
 def test_step_batches_union_over_ranks_is_the_global_batch():
     one = iter(StepBatches(1000, 8, seed=1))
     r0, r1 = iter(StepBatches(1000, 8, 0, 2, seed=1)), iter(StepBatches(1000, 8, 1, 2, seed=1))

@@ -66,7 +66,8 @@ DEMO_TOKENIZER = dict(patch_size=8, enc_width=128, dec_width=128, enc_depth=2, d
                       dec_heads=4, num_latent_tokens=32, entropy_loss_ratio=0.0, tail_drop=None)
 DEMO_GENERATOR = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
 TOKENIZER_BUDGET = dict(steps=2000, batch_size=16, lr=1.5e-3, warmup=100, min_lr_ratio=0.05, ema_decay=0.99,
-                        weight_decay=1e-4, rec_loss="l1", codebook_restart=20, tail_drop="on", tail_drop_start=1200)
+                        weight_decay=1e-4, rec_loss="l1", codebook_restart=20, tail_drop="on", tail_drop_start=1200,
+                        shuffle_channels=True)
 GENERATOR_BUDGET = dict(steps=600, batch_size=32, lr=2e-3, warmup=50, min_lr_ratio=0.1, ema_decay=0.99)
 
 
@@ -218,7 +219,9 @@ def _crops_text(args, tcfg, data) -> str:
         lo, hi = tcfg.crop_scale
         how = (f"each a square window at a random position whose side is a random fraction "
                f"({lo:g} to {hi:g}) of the photo's shorter side, resized to {c}x{c} (bilinear, antialiased)")
-    return (f"Crops of {source}, {how}; training crops are also flipped at random. Training uses "
+    augment = "flipped at random" + (" and their R, G, B channels put in a random order (colour augmentation)"
+                                     if tcfg.shuffle_channels else "")
+    return (f"Crops of {source}, {how}; training crops are also {augment}. Training uses "
             f"{len(data[0])} photographs; the {args.heldout} evaluation crops are fixed crops (no flip) of "
             f"{len(data[1])} held-out photographs ({held}) that training never sees.")
 

@@ -172,11 +172,13 @@ def reduced(img: np.ndarray, size: int, scale: tuple[float, float] | None) -> np
 class RandomCrops(Dataset):
     """`length` virtual samples; sample i is a random crop (and horizontal flip) of a random image, fixed by
     (seed, i). Every image is equally likely (by area, one big photograph would dominate a small folder).
-    Returns float32 CHW in [0, 1]."""
+    shuffle_channels: the crop's R, G, B in a random order (a colour augmentation: a training set of few colour
+    photographs then covers the hues a held-out photograph may have). Returns float32 CHW in [0, 1]."""
 
     def __init__(self, images: ImageSet, size: int, length: int = 1 << 22, seed: int = 0, flip: bool = True,
-                 scale: tuple[float, float] | None = None):
+                 scale: tuple[float, float] | None = None, shuffle_channels: bool = False):
         self.images, self.size, self.length, self.seed, self.flip = images, size, length, seed, flip
+        self.shuffle_channels = shuffle_channels
         self.scale = check_scale(scale)
         self.sources = [reduced(img, size, self.scale) for img in images.images]
         self.weights = torch.full((len(images),), 1.0 / len(images), dtype=torch.float64)
@@ -188,7 +190,10 @@ class RandomCrops(Dataset):
         """(crop, index of its source image)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
         k = int(torch.multinomial(self.weights, 1, generator=gen))
-        return _crop(self.sources[k], self.size, gen, self.flip, self.scale), k
+        crop = _crop(self.sources[k], self.size, gen, self.flip, self.scale)
+        if self.shuffle_channels:
+            crop = crop[torch.randperm(3, generator=gen)]
+        return crop, k
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.item(i)[0]

@@ -52,6 +52,7 @@ class TrainConfig:
     crop_scale_min: float = 0.0
     crop_scale_max: float = 0.0
     flip: bool = True
+    shuffle_channels: bool = False  # training crops with R, G, B in a random order (colour augmentation)
     heldout: int = 32  # held-out crops for evaluation and image grids
     # tokenizer losses
     rec_loss: str = "l2"
@@ -389,7 +390,8 @@ class TokenizerTrainer(Trainer):
         super().__init__(model, cfg, device)
         self.train_images, self.heldout_images = data if data is not None else split_images(cfg.data, cfg.crop)
         self.log(f"data: train {self.train_images.summary()}, held-out {self.heldout_images.summary()}")
-        self.dataset = RandomCrops(self.train_images, cfg.crop, seed=cfg.seed, flip=cfg.flip, scale=cfg.crop_scale)
+        self.dataset = RandomCrops(self.train_images, cfg.crop, seed=cfg.seed, flip=cfg.flip, scale=cfg.crop_scale,
+                                   shuffle_channels=cfg.shuffle_channels)
         self.heldout = heldout_crops(self.heldout_images, cfg.crop, cfg.heldout, scale=cfg.crop_scale) \
             if cfg.heldout else None
         if cfg.tail_drop not in ("model", "on", "off"):
