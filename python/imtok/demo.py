@@ -157,7 +157,8 @@ def run(args):
     save_grid(os.path.join(out, "reconstructions.png"), _grid_rows(images, recon), zoom=GRID_ZOOM)
     if "rate_distortion" in res:
         plot_rate_distortion(res["rate_distortion"], os.path.join(out, "rate_distortion.png"),
-                             title=f"{args.tokenizer}: held-out PSNR vs tokens")
+                             title=f"{args.tokenizer}: held-out PSNR vs tokens",
+                             references={f"{k} (no tokens)": v["psnr"] for k, v in res["baselines"].items()})
     speed = _speed(model, images[:64])
     base = res["baselines"]
     print(f"   held-out PSNR {res['psnr']:.2f} dB" + (f", SSIM {res['ssim']:.3f}" if "ssim" in res else "") +

@@ -151,7 +151,8 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
     return res, recon
 
 
-def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-out)"):
+def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-out)", references: dict | None = None):
+    """PSNR vs tokens decoded (log2 axis); references {name: PSNR} drawn as dashed horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +160,11 @@ def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-o
 
     xs, ys = [c[0] for c in curve], [c[1] for c in curve]
     fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=110)
-    ax.plot(xs, ys, "o-", color="#1f6fb4")
+    ax.plot(xs, ys, "o-", color="#1f6fb4", label="tokenizer")
+    for (name, value), colour in zip((references or {}).items(), ("#888888", "#d0802a", "#4a9a4a")):
+        ax.axhline(value, ls="--", lw=1, color=colour, label=name)
+    if references:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
     ax.set_xticklabels([str(x) for x in xs])
