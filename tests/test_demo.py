@@ -17,9 +17,13 @@ def test_demo_tiny_budget(tmp_path, capsys):
     assert "report:" in printed and str(out) in printed
     report = (out / "report.md").read_text()
     assert "| PSNR |" in report and "reconstructions.png" in report and "rate_distortion.png" in report
+    # the reference points of the same held-out crops, and how the crops were made
+    assert "| mean colour (no tokens) | 3 floats |" in report and "| 4x4 average, bilinear (no tokens) |" in report
+    assert "0.5 to 1) of the photo's shorter side, resized to 32x32" in report
     for f in ("reconstructions.png", "rate_distortion.png", "metrics.json", "tokenizer/model/config.json"):
         assert os.path.getsize(out / f) > 0, f
     m = json.loads((out / "metrics.json").read_text())
+    assert m["eval"]["baselines"]["mean colour"]["psnr"] < 24  # crops with content, not flat patches
     assert m["eval"]["num_images"] == 16 and m["eval"]["rate_distortion"][-1][0] == m["eval"]["tokens_per_image"]
     if "skipped" not in m["generator"]:
         assert os.path.getsize(out / "samples.png") > 0 and "samples.png" in report

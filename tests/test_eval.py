@@ -84,8 +84,25 @@ def test_evaluate_tiny_1d_tokenizer(tmp_path):
     if "fid" not in res:
         assert "FID skipped" in res["skipped"]["fid"]
     assert "| PSNR |" in format_metrics(res)
-    plot_rate_distortion(res["rate_distortion"], str(tmp_path / "rd.png"))
+    plot_rate_distortion(res["rate_distortion"], str(tmp_path / "rd.png"), references={"mean colour": 15.0})
     assert os.path.getsize(tmp_path / "rd.png") > 1000
+
+
+def test_baselines_known_values():
+    from imtok.eval.evaluate import baselines
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g)
+    # the mean colour's squared error is each channel's variance (population)
+    var = x.flatten(2).var(2, unbiased=False).mean(1).double()
+    b = baselines(x)
+    assert b["mean colour"]["psnr"] == pytest.approx(float((-10 * torch.log10(var)).mean()), abs=1e-4)
+    assert b["mean colour"]["numbers"] == 3 and b["4x4 average, bilinear"]["numbers"] == 48
+    flat = torch.full((2, 3, 16, 16), 0.25)
+    b = baselines(flat)
+    assert math.isinf(b["mean colour"]["psnr"]) and math.isinf(b["4x4 average, bilinear"]["psnr"])
+    assert b["mean colour"]["ssim"] == pytest.approx(1.0)
+    assert "ssim" not in baselines(torch.rand(1, 3, 8, 8))["mean colour"]
 
 
 def test_evaluate_2d_tokenizer_has_no_rate_distortion():

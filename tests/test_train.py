@@ -82,6 +82,37 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     assert "unreadable" in summary
 
 
+def test_scaled_crops_show_a_fraction_of_the_photo(tmp_path):
+    """crop_scale (1, 1) of a square photo is the whole photo made crop-sized: a horizontal ramp stays a ramp."""
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 255, 400)[None, :, None], (400, 1, 3)).round().astype(np.uint8)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    Image.fromarray(ramp[:, ::-1].copy()).save(tmp_path / "ramp2.png")
+    train, held = split_images(str(tmp_path), 16)
+    crops = RandomCrops(train, 16, seed=0, flip=False, scale=(1.0, 1.0))
+    expected = (torch.arange(16) + 0.5) / 16
+    row = crops[0][0, 8]
+    assert torch.allclose(row if row[0] < row[-1] else row.flip(0), expected, atol=0.02)
+    half = heldout_crops(held, 16, 4, scale=(0.5, 0.5))  # half the width: a ramp of slope 2 per crop width
+    slope = (half[:, 0, 8, -1] - half[:, 0, 8, 0]).abs()
+    assert torch.allclose(slope, torch.full((4,), 0.5 * 15 / 16), atol=0.03)
+    assert torch.equal(half, heldout_crops(held, 16, 4, scale=(0.5, 0.5)))
+    with pytest.raises(ValueError, match="crop scale"):
+        RandomCrops(train, 16, scale=(0.5, 1.5))
+
+
+def test_shuffle_channels_permutes_the_same_crop(photo_data):
+    plain = RandomCrops(photo_data[0], 16, seed=3)
+    shuffled = RandomCrops(photo_data[0], 16, seed=3, shuffle_channels=True)
+    moved = 0
+    for i in range(24):
+        a, b = plain[i], shuffled[i]
+        perm = [next(c for c in range(3) if torch.equal(b[k], a[c])) for k in range(3)]  # raises if not a permutation
+        moved += perm != [0, 1, 2] and not torch.equal(a, b)
+    assert moved > 0
+
+
 def test_step_batches_union_over_ranks_is_the_global_batch():
     one = iter(StepBatches(1000, 8, seed=1))
     r0, r1 = iter(StepBatches(1000, 8, 0, 2, seed=1)), iter(StepBatches(1000, 8, 1, 2, seed=1))
@@ -143,7 +174,8 @@ def _weights(tr):
 def test_resume_is_bit_exact(tmp_path, photo_data):
     """k steps, save, a fresh process-like restart from the checkpoint, k more == 2k steps straight."""
     kw = dict(steps=6, gan_weight=0.1, lecam_weight=0.01, gan_start=2, perturb_alpha=0.5, perturb_beta=0.5,
-              perturb_delta=4, tail_drop="on", save_every=0, codebook_restart=2)
+              perturb_delta=4, tail_drop="on", tail_drop_start=2, save_every=0, codebook_restart=2,
+              quantizer_warmup=3)  # the k-means codebook is made right after the resume
 
     def make(out):
         torch.manual_seed(0)
@@ -170,7 +202,7 @@ def test_codebook_restart_moves_unused_codes_onto_encoder_outputs(tmp_path, phot
     tr.train_step(batch, 0)
     dead = (tr.restart.counts["quantize"] == 0).nonzero().squeeze(1)
     assert 0 < len(dead) < 64
-    z = tr.restart.latest["quantize"]
+    z = tr.restart.latest["quantize"].reshape(-1, 8)
     assert tr.restart.maybe_restart(999) == len(dead)
     moved = tr.model.quantize.embed[dead].detach()
     nearest_z = torch.cdist(moved, z).min(1).values
@@ -179,6 +211,53 @@ def test_codebook_restart_moves_unused_codes_onto_encoder_outputs(tmp_path, phot
     state = tr.opt.state[tr.model.quantize.embed]
     assert not state["exp_avg"][dead].any() and not state["exp_avg_sq"][dead].any()
     assert not tr.restart.counts["quantize"].any()
+
+
+def test_kmeans_finds_separated_clusters():
+    from imtok.train.warmup import kmeans
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = centres.repeat_interleave(50, 0) + 0.1 * torch.randn(200, 2, generator=gen)
+    found = kmeans(points, 4, 10, gen, spherical=False).float()
+    err = torch.cdist(found, centres).min(1).values
+    assert float(err.max()) < 0.05 and len({int(i) for i in torch.cdist(found, centres).argmin(1)}) == 4
+    unit = kmeans(points[50:] + 1, 3, 10, gen, spherical=True)
+    assert torch.allclose(unit.norm(dim=1), torch.ones(3, dtype=unit.dtype))
+
+
+def test_quantizer_warmup_trains_continuous_then_starts_the_codebook_from_kmeans(tmp_path, photo_data):
+    torch.manual_seed(0)
+    tr = TokenizerTrainer(TinyVQ(), _cfg(tmp_path, quantizer_warmup=2, codebook_restart=1), data=photo_data)
+    batches = iter(tr.batches(0))
+    before = tr.model.quantize.embed.detach().clone()
+    for step in range(2):
+        logs = tr.train_step(next(batches), step)
+        assert logs["quantizer_loss"] == 0 and "codes_restarted" not in logs  # no restart while warming up
+        grad = tr.model.quantize.embed.grad  # no gradient reaches the bypassed codebook
+        assert grad is None or not grad.any()
+    x = next(batches)
+    z = tr.model.enc(x * 2 - 1).permute(0, 2, 3, 1).reshape(-1, 8).detach()
+    with torch.no_grad():  # during the warm-up the decoder sees the encoder's output itself
+        assert torch.allclose(tr.model(x)[0], tr.model.decode(tr.model.enc(x * 2 - 1)), atol=1e-6)
+    logs = tr.train_step(x, 2)
+    assert logs["quantizer_loss"] > 0
+    codes = tr.ema.quantize.embed
+    # codes are k-means centres of encoder outputs: on the scale of z, and z is close to its nearest code
+    assert float(codes.norm(dim=1).mean()) == pytest.approx(float(z.norm(dim=1).mean()), rel=0.5)
+    assert float(torch.cdist(z, codes).min(1).values.mean()) < 0.5 * float(torch.cdist(z, before).min(1).values.mean())
+
+
+def test_tail_drop_starts_at_tail_drop_start(tmp_path, photo_data):
+    torch.manual_seed(0)
+    tr = TokenizerTrainer(Tiny1D(size=16), _cfg(tmp_path, tail_drop="on", tail_drop_start=2), data=photo_data)
+    batches = iter(tr.batches(0))
+    seen = []
+    for step in range(4):
+        tr.train_step(next(batches), step)
+        seen.append(torch.cat(tr._lengths))
+    assert all(bool((s == 8).all()) for s in seen[:2])  # before the start: every crop decoded from all 8 tokens
+    assert any(bool((s < 8).any()) for s in seen[2:]) and all(bool(((s >= 1) & (s <= 8)).all()) for s in seen)
 
 
 def test_grad_accumulation_matches_full_batch(tmp_path, photo_data):
@@ -199,6 +278,12 @@ def test_bad_config(tmp_path, photo_data):
 
 
 # ---- DDP ----------------------------------------------------------------------------------------------------
+# codebook restarts at steps 3 and 5 (after the k-means codebook of step 2) pick encoder outputs of the whole
+# global batch, which the 2 ranks gather
+DDP_CONFIG = dict(batch_size=8, tail_drop="on", gan_weight=0.1, lecam_weight=0.01, quantizer_warmup=2,
+                  codebook_restart=2)
+
+
 def _ddp_worker(rank, world, port, out, result_file):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -206,8 +291,7 @@ def _ddp_worker(rank, world, port, out, result_file):
     try:
         torch.manual_seed(0)
         data = split_images(None, 16)
-        tr = TokenizerTrainer(Tiny1D(size=16), _cfg(out, batch_size=8, tail_drop="on", gan_weight=0.1,
-                                                    lecam_weight=0.01, save_every=6), data=data).fit()
+        tr = TokenizerTrainer(Tiny1D(size=16), _cfg(out, **DDP_CONFIG, save_every=6), data=data).fit()
         if rank == 0:
             torch.save({k: v.clone() for k, v in tr.model.state_dict().items()}, result_file)
     finally:
@@ -223,8 +307,7 @@ def _free_port():
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path, photo_data):
     torch.manual_seed(0)
-    single = TokenizerTrainer(Tiny1D(size=16), _cfg(tmp_path / "one", batch_size=8, tail_drop="on",
-                                                    gan_weight=0.1, lecam_weight=0.01), data=photo_data).fit()
+    single = TokenizerTrainer(Tiny1D(size=16), _cfg(tmp_path / "one", **DDP_CONFIG), data=photo_data).fit()
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), str(tmp_path / "w.pt")),
                        nprocs=2, join=True, start_method="spawn")
     l1 = [r["loss"] for r in _metrics(tmp_path / "one")]

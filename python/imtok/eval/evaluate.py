@@ -57,15 +57,17 @@ def num_tokens_1d(model) -> int | None:
 
 
 def baselines(images: torch.Tensor) -> dict:
-    """PSNR of codec-free reference points on the same images: each image's mean colour (3 numbers) and its
-    4x4 average pooling upsampled bilinearly (48 numbers). Smooth crops score high here; a tokenizer should beat
-    them before its PSNR means much."""
+    """Codec-free reference points on the same images: each image's mean colour (3 numbers) and its 4x4 average
+    pooling upsampled bilinearly (48 numbers), as {name: {"psnr", "ssim" (images >= 11 px), "numbers"}}.
+    Smooth crops score high here; a tokenizer should beat them before its PSNR means much."""
     import torch.nn.functional as F
 
     out = {}
     for name, s in (("mean colour", 1), ("4x4 average, bilinear", 4)):
         y = F.interpolate(F.adaptive_avg_pool2d(images.float(), s), size=images.shape[-2:], mode="bilinear")
-        out[name] = mean_finite(psnr(y, images))
+        out[name] = {"psnr": mean_finite(psnr(y, images)), "numbers": 3 * s * s}
+        if min(images.shape[-2:]) >= 11:
+            out[name]["ssim"] = float(ssim(y, images).mean())
     return out
 
 
@@ -149,7 +151,8 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
     return res, recon
 
 
-def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-out)"):
+def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-out)", references: dict | None = None):
+    """PSNR vs tokens decoded (log2 axis); references {name: PSNR} drawn as dashed horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +160,11 @@ def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-o
 
     xs, ys = [c[0] for c in curve], [c[1] for c in curve]
     fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=110)
-    ax.plot(xs, ys, "o-", color="#1f6fb4")
+    ax.plot(xs, ys, "o-", color="#1f6fb4", label="tokenizer")
+    for (name, value), colour in zip((references or {}).items(), ("#888888", "#d0802a", "#4a9a4a")):
+        ax.axhline(value, ls="--", lw=1, color=colour, label=name)
+    if references:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
     ax.set_xticklabels([str(x) for x in xs])
@@ -188,7 +195,9 @@ def format_metrics(res: dict) -> str:
     if "fid" in res:
         lines.append(f"| rFID ({res['fid_features']}) | {res['fid']:.2f} |")
     for name, v in res.get("baselines", {}).items():
-        lines.append(f"| reference point: PSNR of the {name} (no tokens) | {v:.2f} dB |")
+        ssim_part = f", SSIM {v['ssim']:.4f}" if "ssim" in v else ""
+        lines.append(f"| reference point, no tokens: the {name} ({v['numbers']} numbers per crop) | "
+                     f"PSNR {v['psnr']:.2f} dB{ssim_part} |")
     head = "| metric | value |\n|---|---|\n"
     out = head + "\n".join(lines)
     for k, why in res.get("skipped", {}).items():

@@ -8,6 +8,7 @@ The held-out split is by image (never by crop), so no pixel of a held-out image 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 
@@ -131,23 +132,55 @@ def split_images(data: str | None, crop: int, heldout_fraction: float = 0.15) ->
     return usable.subset([not f for f in flags], True), usable.subset(flags, False)
 
 
-def _crop(img: np.ndarray, size: int, gen: torch.Generator, flip: bool) -> torch.Tensor:
+def _crop(img: np.ndarray, size: int, gen: torch.Generator, flip: bool,
+          scale: tuple[float, float] | None = None) -> torch.Tensor:
+    """A size x size crop, float CHW in [0, 1]. scale None: a window of size x size pixels (full resolution);
+    scale (lo, hi): a square window whose side is a fraction ~ U[lo, hi] of the image's shorter side (at least
+    `size` pixels), resized to size x size (PIL bilinear, antialiased), so the crop shows a part of the photo
+    and not a nearly flat patch of it. With scale, pass the image through `reduced` first (same crops, faster)."""
     h, w = img.shape[:2]
-    top = int(torch.randint(0, h - size + 1, (1,), generator=gen))
-    left = int(torch.randint(0, w - size + 1, (1,), generator=gen))
-    out = torch.from_numpy(np.ascontiguousarray(img[top:top + size, left:left + size])).permute(2, 0, 1)
+    side = size
+    if scale is not None:
+        frac = scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=gen))
+        side = min(min(h, w), max(size, round(frac * min(h, w))))
+    top = int(torch.randint(0, h - side + 1, (1,), generator=gen))
+    left = int(torch.randint(0, w - side + 1, (1,), generator=gen))
+    window = img[top:top + side, left:left + side]
+    if side != size:
+        from PIL import Image
+
+        window = np.array(Image.fromarray(np.ascontiguousarray(window)).resize((size, size), Image.BILINEAR))
+    out = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1)
     if flip and bool(torch.rand((), generator=gen) < 0.5):
         out = out.flip(-1)
     return out.float().div_(255.0)
 
 
+def reduced(img: np.ndarray, size: int, scale: tuple[float, float] | None) -> np.ndarray:
+    """The image downscaled (antialiased) so that its smallest crop window (scale[0] of the shorter side) is
+    at most 2 x size pixels: crops of scaled windows then resize a few hundred pixels, not millions."""
+    h, w = img.shape[:2]
+    target = math.ceil(2 * size / scale[0]) if scale is not None else min(h, w)
+    if min(h, w) <= target:
+        return img
+    from PIL import Image
+
+    f = target / min(h, w)
+    return np.array(Image.fromarray(img).resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR))
+
+
 class RandomCrops(Dataset):
     """`length` virtual samples; sample i is a random crop (and horizontal flip) of a random image, fixed by
     (seed, i). Every image is equally likely (by area, one big photograph would dominate a small folder).
-    Returns float32 CHW in [0, 1]."""
+    shuffle_channels: the crop's R, G, B in a random order (a colour augmentation: a training set of few colour
+    photographs then covers the hues a held-out photograph may have). Returns float32 CHW in [0, 1]."""
 
-    def __init__(self, images: ImageSet, size: int, length: int = 1 << 22, seed: int = 0, flip: bool = True):
+    def __init__(self, images: ImageSet, size: int, length: int = 1 << 22, seed: int = 0, flip: bool = True,
+                 scale: tuple[float, float] | None = None, shuffle_channels: bool = False):
         self.images, self.size, self.length, self.seed, self.flip = images, size, length, seed, flip
+        self.shuffle_channels = shuffle_channels
+        self.scale = check_scale(scale)
+        self.sources = [reduced(img, size, self.scale) for img in images.images]
         self.weights = torch.full((len(images),), 1.0 / len(images), dtype=torch.float64)
 
     def __len__(self):
@@ -157,16 +190,32 @@ class RandomCrops(Dataset):
         """(crop, index of its source image)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
         k = int(torch.multinomial(self.weights, 1, generator=gen))
-        return _crop(self.images.images[k], self.size, gen, self.flip), k
+        crop = _crop(self.sources[k], self.size, gen, self.flip, self.scale)
+        if self.shuffle_channels:
+            crop = crop[torch.randperm(3, generator=gen)]
+        return crop, k
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.item(i)[0]
 
 
-def heldout_crops(images: ImageSet, size: int, n: int, seed: int = 1234) -> torch.Tensor:
-    """n fixed crops [n, 3, size, size] spread round-robin over the held-out images, no flips."""
+def heldout_crops(images: ImageSet, size: int, n: int, seed: int = 1234,
+                  scale: tuple[float, float] | None = None) -> torch.Tensor:
+    """n fixed crops [n, 3, size, size] spread round-robin over the held-out images, no flips (scale: as _crop)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.stack([_crop(images.images[i % len(images)], size, gen, False) for i in range(n)])
+    scale = check_scale(scale)
+    sources = [reduced(img, size, scale) for img in images.images]
+    return torch.stack([_crop(sources[i % len(sources)], size, gen, False, scale) for i in range(n)])
+
+
+def check_scale(scale) -> tuple[float, float] | None:
+    """None, or (lo, hi) with 0 < lo <= hi <= 1 (fractions of an image's shorter side)."""
+    if scale is None:
+        return None
+    lo, hi = (float(v) for v in scale)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
+    return lo, hi
 
 
 class StepBatches:

@@ -64,7 +64,7 @@ class GeneratorTrainer(Trainer):
         train_images = data[0]
         self.labels, self.num_classes = labels if labels is not None else class_labels(train_images)
         self.tokenizer = tokenizer.to(self.device).eval().requires_grad_(False)
-        crops = RandomCrops(train_images, cfg.crop, seed=cfg.seed + 1, flip=cfg.flip)
+        crops = RandomCrops(train_images, cfg.crop, seed=cfg.seed + 1, flip=cfg.flip, scale=cfg.crop_scale)
         tokens, conds = [], []
         with torch.no_grad():
             for start in range(0, pool, 256):
@@ -123,7 +123,7 @@ def grid_rows(images: torch.Tensor, per_row: int = 8) -> list[torch.Tensor]:
 
 
 def train_demo_generator(name, tokenizer, cfg: TrainConfig, data, num_samples: int, grid_path: str,
-                         pool: int = 4096, overrides: dict | None = None) -> dict:
+                         pool: int = 4096, overrides: dict | None = None, zoom: int = 1) -> dict:
     """The demo's generator stage: create, train, export, sample a grid (class = source photograph)."""
     from imtok import generators
 
@@ -135,7 +135,7 @@ def train_demo_generator(name, tokenizer, cfg: TrainConfig, data, num_samples: i
     tr.export(os.path.join(cfg.out, "model"))
     cond = torch.arange(num_samples, device=tr.device) % n_classes
     images, opts = sample_images(tr.ema, tokenizer, cond, seed=cfg.seed)
-    save_grid(grid_path, grid_rows(images))
+    save_grid(grid_path, grid_rows(images), zoom=zoom)
     with open(os.path.join(cfg.out, "metrics.jsonl")) as fh:
         last = [line for line in fh if '"loss"' in line][-1]
     return {"name": name, "params": sum(p.numel() for p in gen.parameters()), "steps": cfg.steps,

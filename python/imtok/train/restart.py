@@ -7,8 +7,10 @@ token chose since the last restart are moved onto encoder outputs of the current
 noise), so codes sit densely where the encoder's outputs are and nearby images pick different ones: the
 tokens start to carry the image. Works with imtok.layers.quantize.VectorQuantize (`embedding`) and
 imtok_cuda.nn.VectorQuantizer without EMA (`embed` parameter); EMA codebooks restart themselves
-(dead_code_threshold). Under torch.distributed the counts are summed over ranks and rank 0's choice is
-broadcast, so replicas stay identical.
+(dead_code_threshold). The random picks come from a generator seeded by (seed, step), so a resumed run
+restarts as an uninterrupted one. Under torch.distributed the counts are summed over ranks and the encoder
+outputs gathered in the order of the global batch (rank r holds samples r, r + world, ...), so every rank
+makes the choice one process with the whole batch would make (rank 0's is broadcast all the same).
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ def _codebook_param(module):
 
 class CodebookRestart:
     def __init__(self, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, every: int,
-                 noise: float = 0.01):
-        self.every, self.noise, self.optimizer = every, noise, optimizer
+                 noise: float = 0.01, seed: int = 0):
+        self.every, self.noise, self.optimizer, self.seed = every, noise, optimizer, seed
         ema_modules = dict(ema.named_modules())
         self.quantizers = [(name, m, ema_modules[name]) for name, m in model.named_modules()
                            if hasattr(m, "codebook_size") and _codebook_param(m) is not None]
@@ -40,7 +42,7 @@ class CodebookRestart:
         def hook(module, args, output):
             if module.training:
                 z, indices = args[0].detach(), output[1]
-                self.latest[name] = z.reshape(-1, z.shape[-1]).float()
+                self.latest[name] = z.reshape(z.shape[0], -1, z.shape[-1]).float()  # [B, tokens, D]
                 self.counts[name] += torch.bincount(indices.reshape(-1).cpu(), minlength=module.codebook_size)
         return hook
 
@@ -54,6 +56,7 @@ class CodebookRestart:
             return 0
         total = 0
         distributed = dist.is_available() and dist.is_initialized()
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         for name, module, ema_module in self.quantizers:
             weight, ema_weight = _codebook_param(module), _codebook_param(ema_module)
             counts = self.counts[name].to(weight.device)
@@ -61,11 +64,15 @@ class CodebookRestart:
                 dist.all_reduce(counts)
             dead = (counts == 0).nonzero().squeeze(1)
             if len(dead):
-                if not distributed or dist.get_rank() == 0:
-                    z = self.latest[name].to(weight.device, weight.dtype)
-                    pick = z[torch.randint(0, z.shape[0], (len(dead),), device=z.device)]
-                    pick = pick + self.noise * z.std() * torch.randn_like(pick)
-                    weight[dead] = pick
+                z = self.latest[name]
+                if distributed:
+                    parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+                    dist.all_gather(parts, z.contiguous())
+                    z = torch.stack(parts, 1)  # [B_local, world, tokens, D]: sample k of rank r is k * world + r
+                z = z.reshape(-1, z.shape[-1]).cpu()
+                pick = z[torch.randint(0, z.shape[0], (len(dead),), generator=gen)]
+                pick = pick + self.noise * z.std() * torch.randn(pick.shape, generator=gen)
+                weight[dead] = pick.to(weight.device, weight.dtype)
                 if distributed:
                     dist.broadcast(weight, 0)
                 ema_weight[dead] = weight[dead]

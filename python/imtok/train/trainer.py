@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from .data import RandomCrops, StepBatches, heldout_crops, split_images
 from .losses import LeCam, PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_perceptual, reconstruction_loss
 from .restart import CodebookRestart
+from .warmup import QuantizerWarmup
 
 
 @dataclasses.dataclass
@@ -45,7 +46,13 @@ class TrainConfig:
     # data
     data: str | None = None  # folder of images; None = the photographs of scikit-image
     crop: int = 32
+    # crop_scale_max 0: full-resolution crop x crop windows; else square windows whose side is a fraction
+    # ~ U[crop_scale_min, crop_scale_max] of the photo's shorter side, resized to crop x crop (training and
+    # held-out crops alike)
+    crop_scale_min: float = 0.0
+    crop_scale_max: float = 0.0
     flip: bool = True
+    shuffle_channels: bool = False  # training crops with R, G, B in a random order (colour augmentation)
     heldout: int = 32  # held-out crops for evaluation and image grids
     # tokenizer losses
     rec_loss: str = "l2"
@@ -66,12 +73,20 @@ class TrainConfig:
     # 1D tokenizers: "model" leaves tail drop / nested dropout to the model's own config; "on" draws one length
     # ~ U{1..N} per sample here and passes it (forward(x, lengths=)); "off" passes N (no drop)
     tail_drop: str = "model"
+    tail_drop_start: int = 0  # with tail_drop "on": all tokens before this step (a phase trained for prefixes)
+    # the first N steps without quantization (continuous latents), then the codebook from k-means of encoder
+    # outputs (imtok.train.warmup)
+    quantizer_warmup: int = 0
     codebook_restart: int = 0  # every N steps move codes no token used onto encoder outputs (0 = off)
     # bookkeeping
     log_every: int = 10
     eval_every: int = 200
     save_every: int = 500
     progress: bool = True
+
+    @property
+    def crop_scale(self) -> tuple[float, float] | None:
+        return (self.crop_scale_min, self.crop_scale_max) if self.crop_scale_max > 0 else None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -92,9 +107,13 @@ def psnr_batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)
 
 
-def save_grid(path: str, rows: list[torch.Tensor], pad: int = 2):
-    """PNG of image rows (each [n, 3, H, W] in [0, 1]) stacked vertically, white padding."""
+def save_grid(path: str, rows: list[torch.Tensor], pad: int = 2, zoom: int = 1):
+    """PNG of image rows (each [n, 3, H, W] in [0, 1]) stacked vertically, white padding; zoom: each pixel
+    drawn as a zoom x zoom block (small crops stay visible in a page)."""
     from PIL import Image
+
+    if zoom > 1:
+        rows = [r.repeat_interleave(zoom, -1).repeat_interleave(zoom, -2) for r in rows]
 
     n, _, h, w = rows[0].shape
     canvas = torch.ones(3, len(rows) * (h + pad) + pad, n * (w + pad) + pad)
@@ -372,8 +391,10 @@ class TokenizerTrainer(Trainer):
         super().__init__(model, cfg, device)
         self.train_images, self.heldout_images = data if data is not None else split_images(cfg.data, cfg.crop)
         self.log(f"data: train {self.train_images.summary()}, held-out {self.heldout_images.summary()}")
-        self.dataset = RandomCrops(self.train_images, cfg.crop, seed=cfg.seed, flip=cfg.flip)
-        self.heldout = heldout_crops(self.heldout_images, cfg.crop, cfg.heldout) if cfg.heldout else None
+        self.dataset = RandomCrops(self.train_images, cfg.crop, seed=cfg.seed, flip=cfg.flip, scale=cfg.crop_scale,
+                                   shuffle_channels=cfg.shuffle_channels)
+        self.heldout = heldout_crops(self.heldout_images, cfg.crop, cfg.heldout, scale=cfg.crop_scale) \
+            if cfg.heldout else None
         if cfg.tail_drop not in ("model", "on", "off"):
             raise ValueError(f"tail_drop must be model, on or off, got {cfg.tail_drop!r}")
         n_tokens = getattr(model, "num_latent_tokens", None)
@@ -387,9 +408,14 @@ class TokenizerTrainer(Trainer):
             raise ValueError("latent perturbation needs a VectorQuantizer in the tokenizer")
         self.restart = None
         if cfg.codebook_restart:
-            self.restart = CodebookRestart(self.model, self.ema, self.opt, cfg.codebook_restart)
+            self.restart = CodebookRestart(self.model, self.ema, self.opt, cfg.codebook_restart, seed=cfg.seed)
             if not self.restart:
                 raise ValueError("codebook_restart needs a quantizer with a learned codebook (embedding / embed)")
+        self.warmup = None
+        if cfg.quantizer_warmup:
+            self.warmup = QuantizerWarmup(self.model, self.ema, self.opt, cfg.quantizer_warmup)
+            if not self.warmup:
+                raise ValueError("quantizer_warmup needs a quantizer with a learned codebook (embedding / embed)")
         self.perceptual, why = load_perceptual(cfg.perceptual)
         if cfg.perceptual is not None:
             self.log(f"perceptual loss: {why}")
@@ -419,17 +445,34 @@ class TokenizerTrainer(Trainer):
             q.perturbation = {**p, "end_ratio": 1.0, "anneal_start": 0, "anneal_end": 0} \
                 if hasattr(q, "perturbation_schedule") else p
 
+    def _init_codebooks(self):
+        """The end of the quantizer warm-up: k-means codebooks from encoder outputs on fixed training crops."""
+        cfg = self.cfg
+        n = max(512, -(-4 * max(m.codebook_size for _, m, _ in self.warmup.quantizers) // self.num_tokens)) \
+            if self.num_tokens else 512
+        crops = RandomCrops(self.train_images, cfg.crop, seed=cfg.seed + 2, flip=cfg.flip, scale=cfg.crop_scale)
+        x = torch.stack([crops[i] for i in range(n)]).to(self.device)
+        self.warmup.init_codebooks(self.model, x, cfg.seed)
+        if self.restart is not None:  # usage counted on the old codebook means nothing for the new one
+            for c in self.restart.counts.values():
+                c.zero_()
+
     def train_step(self, batch, step):
         self._set_perturbation(step)
-        if self.tail_drop == "on":
+        warming = self.warmup is not None and step < self.cfg.quantizer_warmup
+        if self.warmup is not None:
+            if step == self.cfg.quantizer_warmup:
+                self._init_codebooks()
+            self.warmup.bypass = warming
+        if self.tail_drop == "on" and step >= self.cfg.tail_drop_start:
             full = torch.randint(1, self.num_tokens + 1, (self.cfg.batch_size,), generator=self.gen)
-        elif self.tail_drop == "off":
+        elif self.tail_drop:
             full = torch.full((self.cfg.batch_size,), self.num_tokens, dtype=torch.long)
         if self.tail_drop:
             self._lengths = full[self.rank::self.world].to(self.device).chunk(self.cfg.grad_accum)
             self._chunk = 0
         logs = super().train_step(batch, step)
-        if self.restart is not None and (step + 1) % self.cfg.codebook_restart == 0:
+        if self.restart is not None and (step + 1) % self.cfg.codebook_restart == 0 and not warming:
             logs["codes_restarted"] = self.restart.maybe_restart(step)
         if self.critic is not None and step >= self.cfg.gan_start:
             logs.update(self._reduce(self._critic_step(batch, step)))
