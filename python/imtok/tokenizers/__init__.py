@@ -8,6 +8,7 @@
     tok = T.load_official("titok", official_state_dict, official_yaml_as_dict)
 """
 from .base import FAMILIES, Tokenizer
+from .gpstoken import GPSToken, GPSTokenConfig
 from .official import load_official
 from .registry import REGISTRY, available, create
 from .titok import OneDPiece, TiTok, TiTokConfig
@@ -15,5 +16,5 @@ from .vqgan import VQGAN, VQGANConfig
 
 from_pretrained = Tokenizer.from_pretrained
 
-__all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "create", "available",
+__all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "GPSToken", "GPSTokenConfig", "create", "available",
            "load_official", "from_pretrained", "REGISTRY", "FAMILIES"]

@@ -59,6 +59,18 @@ for _name, _enc, _n in (("titok-bl-64-vq8k", "base", 64), ("titok-bl-128-vq8k", 
     REGISTRY[_name] = ("titok", _titok(_enc, "large", _n, codebook_size=8192, token_size=64, use_l2_norm=False),
                        f"TiTok single-stage: ViT-{_enc} encoder, ViT-large decoder, {_n} tokens, 8192 x 64")
 
+# GPSToken (configs/gpstoken_{s64,m128,l256}.yaml): encoder 30 blocks x 512, RoIAlign 8 x 8, render 64 x 64, CNN decoder
+# ch 128 mult [1, 2, 4] -> 256 px. The tiny size trains on CPU: 32 px, 16 tokens, render 16 x 16, decoder mult [1, 2].
+for _n, _c in ((64, 16), (128, 16), (256, 32)):
+    REGISTRY[f"gpstoken-{'sml'[(64, 128, 256).index(_n)]}{_n}"] = (
+        "gpstoken", {"num_tokens": _n, "texture_channels": _c},
+        f"GPSToken {_n} Gaussian tokens x (5 + {_c}), encoder 30 x 512, splat 64 x 64, CNN decoder -> 256 px")
+REGISTRY["gpstoken-tiny"] = (
+    "gpstoken", {"image_size": 32, "num_tokens": 16, "texture_channels": 8, "enc_width": 64, "enc_depth": 2,
+                 "enc_heads": 4, "roi_size": 4, "pre_channels": 32, "render_size": 16, "dec_ch": 32,
+                 "dec_ch_mult": (1, 2), "dec_num_res_blocks": 1, "partition_minhw": 4},
+    "CPU size: 32 px, 16 Gaussian tokens x (5 + 8), encoder 2 x 64, splat 16 x 16, CNN decoder ch 32 mult [1, 2]")
+
 
 def available() -> dict[str, str]:
     return {name: desc for name, (_, _, desc) in REGISTRY.items()}
