@@ -1,4 +1,5 @@
-"""Discrete image tokenizers on the fused ops: VQGAN (LlamaGen VQ-16 / VQ-8), TiTok, One-D-Piece.
+"""Image tokenizers on the fused ops: VQGAN (LlamaGen VQ-16 / VQ-8), TiTok, One-D-Piece, GPSToken (Gaussian
+tokens), binary 1D tokens (Instella-T2I).
 
     import imtok.tokenizers as T
     tok = T.create("one-d-piece-tiny")
@@ -8,6 +9,7 @@
     tok = T.load_official("titok", official_state_dict, official_yaml_as_dict)
 """
 from .base import FAMILIES, Tokenizer
+from .binary import BinaryTokenizer, BinaryTokenizerConfig
 from .gpstoken import GPSToken, GPSTokenConfig
 from .official import load_official
 from .registry import REGISTRY, available, create
@@ -16,5 +18,6 @@ from .vqgan import VQGAN, VQGANConfig
 
 from_pretrained = Tokenizer.from_pretrained
 
-__all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "GPSToken", "GPSTokenConfig", "create", "available",
-           "load_official", "from_pretrained", "REGISTRY", "FAMILIES"]
+__all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "GPSToken", "GPSTokenConfig",
+           "BinaryTokenizer", "BinaryTokenizerConfig", "create", "available", "load_official", "from_pretrained",
+           "REGISTRY", "FAMILIES"]

@@ -71,6 +71,14 @@ REGISTRY["gpstoken-tiny"] = (
                  "dec_ch_mult": (1, 2), "dec_num_res_blocks": 1, "partition_minhw": 4},
     "CPU size: 32 px, 16 Gaussian tokens x (5 + 8), encoder 2 x 64, splat 16 x 16, CNN decoder ch 32 mult [1, 2]")
 
+# Binary tokens (Instella-T2I): 128 tokens x 64 bits; TiTok's ViT-B layout at 256 px (the encoder / decoder sizes are ours).
+REGISTRY["binary-b-128"] = ("binary", _titok("base", "base", 128, token_size=64),
+                            "Binary 1D tokenizer: ViT-base encoder/decoder, 128 tokens x 64 bits, 256 px")
+REGISTRY["binary-tiny"] = ("binary", {**{k: v for k, v in _TINY_VIT.items() if k not in ("codebook_size",
+                                                                                         "entropy_loss_ratio")},
+                                      "num_latent_tokens": 32, "token_size": 16},
+                           "CPU size: 32 px, patch 4, width 128, 4+4 layers, 32 tokens x 16 bits")
+
 
 def available() -> dict[str, str]:
     return {name: desc for name, (_, _, desc) in REGISTRY.items()}
