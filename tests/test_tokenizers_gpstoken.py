@@ -194,3 +194,37 @@ def test_bad_input_names_the_argument():
         vq.decode_tokens(torch.zeros(1, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="render_size"):
         GPSTokenConfig(image_size=256, render_size=32)
+
+
+# ---- official checkpoints (tests/fixtures/gpstoken, made by tests/fixtures/make_gpstoken.py) ---------------------
+def test_load_official_matches_the_official_model():
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).parent / "fixtures" / "gpstoken"
+    sd = load_file(root / "state_dict.safetensors")
+    io = load_file(root / "io.safetensors")
+    meta = json.loads((root / "meta.json").read_text())
+    # a real checkpoint also holds the preprocessing blocks' unused temb_proj layers: the loader drops them
+    for i in (1, 2):
+        sd[f"preprocess_img.{i}.temb_proj.weight"] = torch.randn(meta["pre_channels"], 512)
+        sd[f"preprocess_img.{i}.temb_proj.bias"] = torch.randn(meta["pre_channels"])
+    config = {**meta["config"], "data": {"params": {"adaptive_minhw": meta["adaptive_minhw"]}}}
+    tok = T.load_official("gpstoken", sd, config)
+    assert not tok.training and tok.config.pre_channels == meta["pre_channels"]
+    x01 = (io["x"] + 1) / 2
+    # our partition == the official adaptive_initialize (cv2 Sobel / resize there, PyTorch here)
+    init = tok.initial_geometry(x01)
+    torch.testing.assert_close(init, io["init_gpscodes"], rtol=0, atol=1e-6)
+    W = tok.config.image_size
+    torch.testing.assert_close(partition_boxes(init, W, W), (W - 1) * (io["regions"] + 1) / 2, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        z, _ = tok.encode(x01, init_geometry=io["init_gpscodes"])
+        torch.testing.assert_close(z, io["tokens"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(tok.render(io["tokens"]), io["rendered"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(tok.decode(io["tokens"]) * 2 - 1, io["recon"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not a GPSToken state dict"):
+        T.load_official("gpstoken", {"x": torch.zeros(1)}, config)
+    with pytest.raises(ValueError, match="gpsconfig"):
+        T.load_official("gpstoken", sd, {"model": {}})
