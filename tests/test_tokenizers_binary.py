@@ -35,7 +35,7 @@ def test_registry_published_and_tiny_sizes():
     bits = info["min_encoding_indices"]
     assert recon.shape == x.shape and bits.shape == (2, 1, 32, 16) and bits.dtype == torch.int64
     assert set(bits.unique().tolist()) <= {0, 1}
-    assert tok.codebook_size == 2 ** 16
+    assert tok.codebook_size is None and tok.bits_per_token == 16
 
 
 def test_quantizer_conventions():

@@ -56,8 +56,14 @@ class BinaryTokenizer(TiTok):
         return BinaryQuantize(c.token_size, c.binary_temperature, c.binary_loss_weight)
 
     @property
-    def codebook_size(self) -> int:
-        return 2 ** self.config.token_size
+    def codebook_size(self):
+        """None: a token is a vector of bits, not an index into a codebook (2^64 codes at the published size;
+        evaluation and generator code that count or embed codes must not take it for one)."""
+        return None
+
+    @property
+    def bits_per_token(self) -> int:
+        return self.config.token_size
 
     def decode_tokens(self, tokens: torch.Tensor, lengths=None):
         """tokens [B, n, bits] or [B, 1, n, bits] integers in {0, 1}, n <= N -> images."""
