@@ -61,8 +61,8 @@ for _name, _enc, _n in (("titok-bl-64-vq8k", "base", 64), ("titok-bl-128-vq8k", 
 
 # GPSToken (configs/gpstoken_{s64,m128,l256}.yaml): encoder 30 blocks x 512, RoIAlign 8 x 8, render 64 x 64, CNN decoder
 # ch 128 mult [1, 2, 4] -> 256 px. The tiny size trains on CPU: 32 px, 16 tokens, render 16 x 16, decoder mult [1, 2].
-for _n, _c in ((64, 16), (128, 16), (256, 32)):
-    REGISTRY[f"gpstoken-{'sml'[(64, 128, 256).index(_n)]}{_n}"] = (
+for _size, _n, _c in (("s", 64, 16), ("m", 128, 16), ("l", 256, 32)):
+    REGISTRY[f"gpstoken-{_size}{_n}"] = (
         "gpstoken", {"num_tokens": _n, "texture_channels": _c},
         f"GPSToken {_n} Gaussian tokens x (5 + {_c}), encoder 30 x 512, splat 64 x 64, CNN decoder -> 256 px")
 REGISTRY["gpstoken-tiny"] = (
