@@ -125,10 +125,12 @@ class CNNEncoder(nn.Module):
 
 
 class CNNDecoder(nn.Module):
-    """[B, z_channels, h, w] -> [B, out_channels, h 2^(L-1), w 2^(L-1)]."""
+    """[B, z_channels, h, w] -> [B, out_channels, h 2^(L-1), w 2^(L-1)]. level_attention=False drops the
+    attention blocks of the lowest-resolution level (GPSToken's decoder: attn_resolutions []; mid keeps its
+    attention)."""
 
     def __init__(self, z_channels: int = 256, ch: int = 128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks: int = 2,
-                 dropout: float = 0.0, out_channels: int = 3):
+                 dropout: float = 0.0, out_channels: int = 3, level_attention: bool = True):
         super().__init__()
         self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
         block_in = ch * ch_mult[-1]
@@ -143,7 +145,7 @@ class CNNDecoder(nn.Module):
             for _ in range(num_res_blocks + 1):
                 level.res.append(ResnetBlock(block_in, block_out, dropout))
                 block_in = block_out
-                if i == self.num_resolutions - 1:
+                if level_attention and i == self.num_resolutions - 1:
                     level.attn.append(AttnBlock(block_in))
             if i != 0:
                 level.upsample = Upsample(block_in)

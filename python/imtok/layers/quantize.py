@@ -1,5 +1,6 @@
-"""The quantizers of the discrete tokenizers: VectorQuantize (LlamaGen VQGAN, TiTok, One-D-Piece) and
-FiniteScalarQuantize (FlexTok's FSQ; specs/vq.md).
+"""The quantizers of the discrete tokenizers: VectorQuantize (LlamaGen VQGAN, TiTok, One-D-Piece),
+FiniteScalarQuantize (FlexTok's FSQ; specs/vq.md) and BinaryQuantize (Instella-T2I's binary tokens, at the end
+of this file).
 
     vq = VectorQuantize(codebook_size=4096, dim=12, beta=0.25, l2_norm=True)
     z_q, indices, info = vq(z)          # z [..., dim] channel-last; z_q straight-through, same shape
@@ -36,7 +37,7 @@ from imtok_cuda.reference import vq_quantizers as _reference_quantizers
 
 from .switch import reference_enabled
 
-__all__ = ["VectorQuantize", "FiniteScalarQuantize", "entropy_loss"]
+__all__ = ["VectorQuantize", "FiniteScalarQuantize", "BinaryQuantize", "entropy_loss"]
 
 PERTURBATION_DEFAULTS = {"alpha": 1.0, "beta": 0.1, "delta": 100, "end_ratio": 1.0, "anneal_start": 0,
                          "anneal_end": 0}
@@ -195,3 +196,40 @@ def check_tokens(tokens, codebook_size: int, name: str = "tokens"):
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
         raise ValueError(f"{name} must be in [0, {codebook_size}), got values in "
                          f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+
+class BinaryQuantize(nn.Module):
+    """Instella-T2I's binary quantizer with VectorQuantize's interface (imtok_cuda.vq.binary_quantize).
+
+    forward(z [..., dim] logits) -> (bits [..., dim] in z's dtype, bits int64 [..., dim], info).
+    Eval: bits = (sigmoid(z) > 0.5). Training: p = sigmoid(z / temperature), bits ~ Bernoulli(p) with the
+    straight-through gradient of p; info["quantizer_loss"] = loss_weight * mean(p (1 - p)) (pushes p to 0 or 1;
+    0 in eval), info["bit_rate"] = the fraction of ones. The bits' embedding (bits @ E) is the next linear layer
+    of the model (TiTok's decoder_embed). The temperature is annealed by the training loop (set
+    `.temperature`)."""
+
+    def __init__(self, dim: int, temperature: float = 1.0, loss_weight: float = 1.0):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim, self.temperature, self.loss_weight = dim, temperature, loss_weight
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, temperature={self.temperature}, loss_weight={self.loss_weight}"
+
+    def lookup(self, bits: torch.Tensor) -> torch.Tensor:
+        """Integer bits [..., dim] in {0, 1} -> float bits."""
+        check_tokens(bits, 2, "tokens")
+        if bits.shape[-1] != self.dim:
+            raise ValueError(f"tokens must have {self.dim} bits in the last dimension, got shape {tuple(bits.shape)}")
+        return bits.float()
+
+    def forward(self, z: torch.Tensor):
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"z.shape[-1] must be {self.dim}, got shape {tuple(z.shape)}")
+        quantize = _reference_quantizers.binary_quantize if reference_enabled() else _fused_vq.binary_quantize
+        bits, _, loss = quantize(z, None, training=self.training, temperature=self.temperature)
+        hard = bits.detach().round().long()
+        info = {"quantizer_loss": self.loss_weight * loss.float(), "binary_loss": loss.float(),
+                "bit_rate": hard.float().mean()}
+        return bits, hard, info

@@ -1,4 +1,5 @@
-"""Discrete image tokenizers on the fused ops: VQGAN (LlamaGen VQ-16 / VQ-8), TiTok, One-D-Piece, FlexTok.
+"""Image tokenizers on the fused ops: VQGAN (LlamaGen VQ-16 / VQ-8), TiTok, One-D-Piece, FlexTok, GPSToken
+(Gaussian tokens), binary 1D tokens (Instella-T2I).
 
     import imtok.tokenizers as T
     tok = T.create("one-d-piece-tiny")
@@ -8,7 +9,9 @@
     tok = T.load_official("titok", official_state_dict, official_yaml_as_dict)
 """
 from .base import FAMILIES, Tokenizer
+from .binary import BinaryTokenizer, BinaryTokenizerConfig
 from .flextok import FlexTok, FlexTokConfig
+from .gpstoken import GPSToken, GPSTokenConfig
 from .official import load_official
 from .registry import REGISTRY, available, create
 from .titok import OneDPiece, TiTok, TiTokConfig
@@ -16,5 +19,6 @@ from .vqgan import VQGAN, VQGANConfig
 
 from_pretrained = Tokenizer.from_pretrained
 
-__all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "create", "available",
-           "load_official", "from_pretrained", "REGISTRY", "FAMILIES", "FlexTok", "FlexTokConfig"]
+__all__ = ["Tokenizer", "VQGAN", "VQGANConfig", "TiTok", "OneDPiece", "TiTokConfig", "FlexTok", "FlexTokConfig",
+           "GPSToken", "GPSTokenConfig", "BinaryTokenizer", "BinaryTokenizerConfig", "create", "available",
+           "load_official", "from_pretrained", "REGISTRY", "FAMILIES"]

@@ -11,6 +11,13 @@ family "titok": bytedance/1d-tokenizer modeling/titok.py; config = the official 
     official code: is_legacy (default True) selects the legacy encoder reshape and the MaskGIT-code head,
     finetune_decoder (default True) adds the MaskGIT-VQGAN pixel decoder; quantize_mode "vae" is not supported.
 family "one-d-piece": turingmotors/One-D-Piece modeling/one_d_piece.py (always the legacy layout).
+family "gpstoken": xtudbxk/GPSToken models/gpstoken.py; config = configs/gpstoken_*.yaml as a dict (its "model"
+    part, {"gpsconfig": ..., "decoderconfig": ...}, or the whole file). The preprocessing width (128 in the
+    official code) is read from the state dict, the partition's min side (the dataset's adaptive_minhw, 8) from
+    config["data"]["params"]["adaptive_minhw"] when present; the unused temb_proj layers of the preprocessing
+    ResnetBlocks are dropped. Limits: square renders only, no attn_resolutions in the decoder (all released
+    configs), 256 px crops (the official 512 / 1024 px patch merging (_np) is not provided). The official
+    decoder's GroupNorm divides by std + eps instead of sqrt(var + eps) (<= 1e-6 relative difference).
 Widths, depths and the MaskGIT decoder's shape are read from the state dict; the head count comes from the
 official size table (small 8, base 12, large 16) and, for a width outside that table, from the extra keys
 vit_enc_num_heads / vit_dec_num_heads in config["model"]["vq_model"]. Returned in eval mode.
@@ -19,10 +26,11 @@ from __future__ import annotations
 
 import re
 
+from .gpstoken import GPSToken, GPSTokenConfig
 from .titok import MODEL_SIZES, OneDPiece, TiTok, TiTokConfig
 from .vqgan import VQGAN, VQGANConfig
 
-__all__ = ["load_official", "convert_titok_state_dict"]
+__all__ = ["load_official", "convert_titok_state_dict", "convert_gpstoken_state_dict"]
 
 _LLAMAGEN_ARGS = {"codebook_size": 16384, "codebook_embed_dim": 8, "codebook_l2_norm": True,
                   "codebook_show_usage": True, "commit_loss_beta": 0.25, "entropy_loss_ratio": 0.0,
@@ -36,7 +44,9 @@ def load_official(family: str, state_dict: dict, config: dict):
         return _load_llamagen(state_dict, config)
     if family in ("titok", "one-d-piece"):
         return _load_titok(family, state_dict, config)
-    raise ValueError(f"family must be 'llamagen-vq', 'titok' or 'one-d-piece', got {family!r}")
+    if family == "gpstoken":
+        return _load_gpstoken(state_dict, config)
+    raise ValueError(f"family must be 'llamagen-vq', 'titok', 'one-d-piece' or 'gpstoken', got {family!r}")
 
 
 def _count(state_dict, pattern: str) -> int:
@@ -150,4 +160,67 @@ def _load_titok(family, state_dict, config):
         tail_drop="batch" if family == "one-d-piece" else None)
     model = (OneDPiece if family == "one-d-piece" else TiTok)(cfg)
     model.load_state_dict(_with_buffers(model, convert_titok_state_dict(sd, legacy)), strict=True)
+    return model.eval()
+
+
+_GPS_BLOCK_RENAMES = (("ln1.", "norm1."), ("ln2.", "norm2."), ("attn1.in_proj_weight", "attn.qkv.weight"),
+                      ("attn1.in_proj_bias", "attn.qkv.bias"), ("attn1.out_proj.", "attn.proj."),
+                      ("mlp.0.", "mlp.fc1."), ("mlp.2.", "mlp.fc2."))
+_GPS_MID = {"block_1": 0, "attn_1": 1, "block_2": 2}
+
+
+def convert_gpstoken_state_dict(state_dict: dict, num_levels: int) -> dict:
+    """Official GPSToken names -> imtok names (encoder blocks with timm names, taming's decoder layout with
+    LlamaGen's: mid.block_1 / attn_1 / block_2 -> mid.0 / 1 / 2, up[i] -> conv_blocks[num_levels - 1 - i])."""
+    out = {}
+    for k, v in state_dict.items():
+        if ".temb_proj." in k:  # preprocessing ResnetBlocks are built with temb layers they never use
+            continue
+        m = re.match(r"attnblocks\.(\d+)\.(.*)", k)
+        if m:
+            rest = m.group(2)
+            for old, new in _GPS_BLOCK_RENAMES:
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+                    break
+            k = f"attnblocks.{m.group(1)}.{rest}"
+        elif k.startswith("decoder.mid."):
+            idx, rest = k[len("decoder.mid."):].split(".", 1)
+            k = f"decoder.mid.{_GPS_MID[idx]}.{rest}"
+        elif k.startswith("decoder.up."):
+            m = re.match(r"decoder\.up\.(\d+)\.(block|upsample)\.(.*)", k)
+            level = num_levels - 1 - int(m.group(1))
+            k = f"decoder.conv_blocks.{level}.{'res' if m.group(2) == 'block' else 'upsample'}.{m.group(3)}"
+        out[k] = v
+    return out
+
+
+def _load_gpstoken(state_dict, config):
+    model_cfg = config.get("model", config) if isinstance(config, dict) else None
+    try:
+        gps, dec = model_cfg["gpsconfig"], model_cfg["decoderconfig"]
+    except (KeyError, TypeError):
+        raise ValueError("config must be the official YAML (or its 'model' part) as a dict: gpsconfig.* and "
+                         "decoderconfig.*") from None
+    if "preprocess_img.0.weight" not in state_dict:
+        raise ValueError("state_dict is not a GPSToken state dict (no preprocess_img.0.weight)")
+    if dec.get("attn_resolutions"):
+        raise ValueError(f"decoder attn_resolutions {dec['attn_resolutions']} are not supported (released "
+                         "configs have none)")
+    if dec.get("double_z", False):
+        raise ValueError("decoderconfig double_z is not supported")
+    rs = list(gps["gps_rs"])
+    if rs[0] != rs[1]:
+        raise ValueError(f"gps_rs must be square, got {rs}")
+    if dec["z_channels"] != gps["gps_c"]:
+        raise ValueError(f"decoderconfig z_channels ({dec['z_channels']}) must equal gpsconfig gps_c ({gps['gps_c']})")
+    data = config.get("data", {}).get("params", {}) if isinstance(config.get("data"), dict) else {}
+    cfg = GPSTokenConfig(
+        image_size=dec["resolution"], num_tokens=gps["gps_num"], texture_channels=gps["gps_c"],
+        enc_width=gps["gpsenc_c"], enc_depth=gps["gpsenc_n"], enc_heads=8, roi_size=gps["rois"],
+        pre_channels=state_dict["preprocess_img.0.weight"].shape[0], render_size=rs[0], box_sigma=gps["gps_dmax"],
+        dec_ch=dec["ch"], dec_ch_mult=tuple(dec["ch_mult"]), dec_num_res_blocks=dec["num_res_blocks"],
+        partition_minhw=data.get("adaptive_minhw", 8), partition_weight=gps.get("gps_adaptive_w", 2.5))
+    model = GPSToken(cfg)
+    model.load_state_dict(convert_gpstoken_state_dict(state_dict, len(cfg.dec_ch_mult)), strict=True)
     return model.eval()

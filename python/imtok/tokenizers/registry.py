@@ -74,6 +74,26 @@ for _enc, _dec in ((12, 12), (18, 18), (18, 28)):
         f"FlexTok d{_enc}-d{_dec}: widths {64 * _enc}/{64 * _dec}, 256 registers, FSQ 64000, rectified-flow decoder "
         "on pixels")
 
+# GPSToken (configs/gpstoken_{s64,m128,l256}.yaml): encoder 30 blocks x 512, RoIAlign 8 x 8, render 64 x 64, CNN decoder
+# ch 128 mult [1, 2, 4] -> 256 px. The tiny size trains on CPU: 32 px, 16 tokens, render 16 x 16, decoder mult [1, 2].
+for _size, _n, _c in (("s", 64, 16), ("m", 128, 16), ("l", 256, 32)):
+    REGISTRY[f"gpstoken-{_size}{_n}"] = (
+        "gpstoken", {"num_tokens": _n, "texture_channels": _c},
+        f"GPSToken {_n} Gaussian tokens x (5 + {_c}), encoder 30 x 512, splat 64 x 64, CNN decoder -> 256 px")
+REGISTRY["gpstoken-tiny"] = (
+    "gpstoken", {"image_size": 32, "num_tokens": 16, "texture_channels": 8, "enc_width": 64, "enc_depth": 2,
+                 "enc_heads": 4, "roi_size": 4, "pre_channels": 32, "render_size": 16, "dec_ch": 32,
+                 "dec_ch_mult": (1, 2), "dec_num_res_blocks": 1, "partition_minhw": 4},
+    "CPU size: 32 px, 16 Gaussian tokens x (5 + 8), encoder 2 x 64, splat 16 x 16, CNN decoder ch 32 mult [1, 2]")
+
+# Binary tokens (Instella-T2I): 128 tokens x 64 bits; TiTok's ViT-B layout at 256 px (the encoder / decoder sizes are ours).
+REGISTRY["binary-b-128"] = ("binary", _titok("base", "base", 128, token_size=64),
+                            "Binary 1D tokenizer: ViT-base encoder/decoder, 128 tokens x 64 bits, 256 px")
+REGISTRY["binary-tiny"] = ("binary", {**{k: v for k, v in _TINY_VIT.items() if k not in ("codebook_size",
+                                                                                         "entropy_loss_ratio")},
+                                      "num_latent_tokens": 32, "token_size": 16},
+                           "CPU size: 32 px, patch 4, width 128, 4+4 layers, 32 tokens x 16 bits")
+
 
 def available() -> dict[str, str]:
     return {name: desc for name, (_, _, desc) in REGISTRY.items()}

@@ -174,8 +174,7 @@ class TiTok(Tokenizer):
         self.decoder = TiTokDecoder(c)
         self.latent_tokens = nn.Parameter(c.enc_width ** -0.5 * torch.randn(c.num_latent_tokens, c.enc_width))
         self.apply(lambda m: _init_weights(m, c.init_std))
-        self.quantize = VectorQuantize(c.codebook_size, c.token_size, c.commitment_cost, c.use_l2_norm,
-                                       c.entropy_loss_ratio, perturbation=c.perturbation)
+        self.quantize = self.build_quantizer()
         if c.pixel_decoder is not None:
             pd = {**MASKGIT_PIXEL_DECODER, **c.pixel_decoder}
             self.pixel_quantize = nn.Module()
@@ -185,6 +184,11 @@ class TiTok(Tokenizer):
             if pd["num_codes"] != c.num_legacy_codes:
                 raise ValueError(f"pixel_decoder num_codes ({pd['num_codes']}) must equal num_legacy_codes "
                                  f"({c.num_legacy_codes})")
+
+    def build_quantizer(self) -> nn.Module:
+        c = self.config
+        return VectorQuantize(c.codebook_size, c.token_size, c.commitment_cost, c.use_l2_norm,
+                              c.entropy_loss_ratio, perturbation=c.perturbation)
 
     @property
     def num_latent_tokens(self) -> int:

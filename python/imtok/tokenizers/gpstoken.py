@@ -1,0 +1,229 @@
+"""GPSToken (xtudbxk/GPSToken models/gpstoken.py): an image as N Gaussian tokens, geometry + texture.
+
+    tok = imtok.tokenizers.create("gpstoken-m128")
+    z, info = tok.encode(x)          # x [B, 3, 256, 256] in [0, 1] -> z [B, 128, 5 + 16]
+    images = tok.decode(z)           # splat to 64 x 64, CNN decoder -> [B, 3, 256, 256] in [0, 1] (unclamped)
+
+Token layout (GPSToken's): z[b, n] = [sigma_x, sigma_y, rho, mu_x, mu_y, f_1 .. f_C] with sigma in (0, 1),
+rho and mu in (-1, 1) (imtok_cuda.splat conventions, specs/splat.md).
+
+Encoder (the official one, with the official module names where they cost nothing):
+  * imtok_cuda.splat.entropy_partition of the image (in [-1, 1]) gives N regions and their initial Gaussians;
+  * preprocess_img (conv 3x3 + 2 ResnetBlocks, pre_channels wide, full resolution), RoIAlign roi_size x roi_size
+    per region (torchvision.ops.roi_align, aligned, adaptive sampling, on the region's pixel box), a 1x1 conv to
+    the encoder width;
+  * token i starts as gps_embed + MLP(initial geometry_i); each of enc_depth blocks adds a linear map of its
+    region's roi_size^2 RoI features (roimlp) and then runs a pre-norm ViT block over the N tokens (fused
+    attention);
+  * to_gps[0] (zero-initialised, so training starts at the partition) predicts geometry deltas in logit space:
+    sigma = sigmoid(logit(init) + delta), rho / mu = 2 sigmoid(logit((init + 1) / 2) + delta) - 1, clamped into
+    the renderer's domain (imtok_cuda.nn.splat.geometry_from_logits); to_gps[1] the C texture channels.
+Decoder: imtok_cuda.splat.render (box 3 sigma, no normalisation) to render_size^2 x C, then a CNN decoder
+(z = C, ch 128, ch_mult [1, 2, 4], attention only in the middle block) to image_size.
+
+Tokens are continuous by default; codebook_size adds a VQ (imtok.layers.quantize.VectorQuantize) on the texture
+channels (geometry stays continuous), info["min_encoding_indices"] [B, N]. Tokens are unordered: no lengths.
+Inside `imtok.use_reference()` the renderer is imtok_cuda.reference.splat's dense one (and attention / VQ their
+references). The partition is a one-off per image (GPSToken computes it in its data loader): pass
+encode(x, init_geometry=...) to reuse one.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+import imtok_cuda.splat as _splat
+from imtok_cuda.nn.splat import geometry_from_logits, logits_from_geometry
+from imtok_cuda.reference import splat as _reference_splat
+
+from ..backbones.cnn import CNNDecoder, ResnetBlock
+from ..backbones.vit import Block
+from ..layers.quantize import VectorQuantize
+from ..layers.switch import reference_enabled
+from .base import Tokenizer, check_images
+
+__all__ = ["GPSTokenConfig", "GPSToken", "partition_boxes"]
+
+
+@dataclasses.dataclass
+class GPSTokenConfig:
+    image_size: int = 256
+    num_tokens: int = 128
+    texture_channels: int = 16
+    enc_width: int = 512
+    enc_depth: int = 30
+    enc_heads: int = 8
+    mlp_ratio: float = 4.0
+    roi_size: int = 8
+    pre_channels: int = 128
+    render_size: int = 64
+    box_sigma: float = 3.0
+    dec_ch: int = 128
+    dec_ch_mult: tuple = (1, 2, 4)
+    dec_num_res_blocks: int = 2
+    partition_minhw: int = 8
+    partition_weight: float = 2.5
+    codebook_size: int | None = None
+    codebook_l2_norm: bool = False
+    commitment_cost: float = 0.25
+
+    def __post_init__(self):
+        self.dec_ch_mult = tuple(self.dec_ch_mult)
+        up = 2 ** (len(self.dec_ch_mult) - 1)
+        if self.render_size * up != self.image_size:
+            raise ValueError(f"render_size ({self.render_size}) x 2^(len(dec_ch_mult) - 1) ({up}) must equal "
+                             f"image_size ({self.image_size})")
+        if self.num_tokens < 1 or self.texture_channels < 1:
+            raise ValueError(f"num_tokens and texture_channels must be >= 1, got {self.num_tokens}, "
+                             f"{self.texture_channels}")
+
+
+def partition_boxes(geometry: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel boxes [B, N, 4] = (x0, y0, x1, y1) (inclusive pixel indices) of partition Gaussians [B, N, 5].
+
+    entropy_partition's region [w0..w1] has mu_x = (w0 + w1) / (W - 1) - 1 and sigma_x = (w1 - w0) / W * 2/3, so
+    w0, w1 = centre -+ half with centre = (W - 1)(mu_x + 1) / 2, half = 3/4 sigma_x W; rounded to whole pixels
+    (the regions are pixel-aligned, and RoIAlign's sample count jumps with the box size)."""
+    g = geometry.detach().double()
+    cx, cy = (width - 1) * (g[..., 3] + 1) / 2, (height - 1) * (g[..., 4] + 1) / 2
+    hx, hy = 0.75 * g[..., 0] * width, 0.75 * g[..., 1] * height
+    boxes = torch.stack([cx - hx, cy - hy, cx + hx, cy + hy], -1).round()
+    return boxes.to(geometry.dtype)
+
+
+def _roi_align(features, boxes, size):
+    try:
+        from torchvision.ops import roi_align
+    except ImportError as e:  # pragma: no cover - torchvision is installed where the tests run
+        raise ImportError("GPSToken's encoder needs torchvision (torchvision.ops.roi_align): pip install "
+                          "torchvision") from e
+    B, N, _ = boxes.shape
+    index = torch.arange(B, device=boxes.device, dtype=boxes.dtype).repeat_interleave(N)[:, None]
+    rois = torch.cat([index, boxes.reshape(B * N, 4)], 1).to(features.dtype)
+    return roi_align(features, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+class GPSBlock(Block):
+    """The official AttnBlock: x + roimlp(RoI features of the token's region), then a pre-norm ViT block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, roi_positions: int):
+        super().__init__(dim, num_heads, mlp_ratio)
+        self.roimlp = nn.Linear(roi_positions, 1)
+
+    def forward(self, x, roi_features):
+        B, N, C = x.shape
+        return super().forward(x + self.roimlp(roi_features).view(B, N, C))
+
+
+class GPSToken(Tokenizer):
+    family = "gpstoken"
+    config_class = GPSTokenConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        W = c.enc_width
+        self.preprocess_img = nn.Sequential(nn.Conv2d(3, c.pre_channels, 3, padding=1),
+                                            ResnetBlock(c.pre_channels, c.pre_channels),
+                                            ResnetBlock(c.pre_channels, c.pre_channels))
+        self.roialign_layer = nn.Conv2d(c.pre_channels, W, 1)
+        self.gps_embed = nn.Embedding(1, W)
+        self.gps_embed_layer = nn.Sequential(nn.Linear(5, W), nn.GELU(), nn.Linear(W, W))
+        self.attnblocks = nn.ModuleList([GPSBlock(W, c.enc_heads, c.mlp_ratio, c.roi_size ** 2)
+                                         for _ in range(c.enc_depth)])
+        self.to_gps = nn.ModuleList([nn.Linear(W, 5), nn.Linear(W, c.texture_channels)])
+        nn.init.zeros_(self.to_gps[0].weight)
+        nn.init.zeros_(self.to_gps[0].bias)
+        self.decoder = CNNDecoder(c.texture_channels, c.dec_ch, c.dec_ch_mult, c.dec_num_res_blocks,
+                                  level_attention=False)
+        self.quantize = None
+        if c.codebook_size is not None:
+            self.quantize = VectorQuantize(c.codebook_size, c.texture_channels, c.commitment_cost,
+                                           c.codebook_l2_norm)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_tokens
+
+    @property
+    def token_dim(self) -> int:
+        return 5 + self.config.texture_channels
+
+    def initial_geometry(self, x: torch.Tensor) -> torch.Tensor:
+        """The entropy-driven partition of images x [B, 3, H, W] in [0, 1] -> geometry [B, N, 5]."""
+        c = self.config
+        return _splat.entropy_partition(x * 2 - 1, c.num_tokens, c.partition_minhw, c.partition_weight)
+
+    def encode(self, x: torch.Tensor, init_geometry: torch.Tensor | None = None):
+        """x [B, 3, S, S] in [0, 1] -> (z [B, N, 5 + C], info). init_geometry [B, N, 5]: a precomputed
+        `initial_geometry(x)` (default: computed here). info: init_geometry, and with a VQ min_encoding_indices
+        [B, N] and the quantizer losses."""
+        c = self.config
+        check_images(x, "x", image_size=c.image_size)
+        B = x.shape[0]
+        if init_geometry is None:
+            init_geometry = self.initial_geometry(x)
+        elif not isinstance(init_geometry, torch.Tensor) or tuple(init_geometry.shape) != (B, c.num_tokens, 5):
+            raise ValueError(f"init_geometry must have shape [B, N, 5] = {[B, c.num_tokens, 5]}, got "
+                             f"{tuple(getattr(init_geometry, 'shape', ()))}")
+        init_geometry = init_geometry.to(device=x.device, dtype=x.dtype)
+        features = self.preprocess_img(x * 2 - 1)
+        rois = _roi_align(features, partition_boxes(init_geometry, c.image_size, c.image_size), c.roi_size)
+        rois = self.roialign_layer(rois).flatten(2)  # [B N, width, roi_size^2]
+        h = self.gps_embed.weight + self.gps_embed_layer(init_geometry)
+        for blk in self.attnblocks:
+            h = blk(h, rois)
+        geometry = geometry_from_logits(logits_from_geometry(init_geometry) + self.to_gps[0](h))
+        texture = self.to_gps[1](h)
+        info = {"init_geometry": init_geometry}
+        if self.quantize is not None:
+            texture, indices, q_info = self.quantize(texture)
+            info.update(q_info)
+            info["min_encoding_indices"] = indices
+        return torch.cat([geometry, texture], -1), info
+
+    def decode(self, z: torch.Tensor, lengths=None):
+        """z [B, n, 5 + C] (any token count n; geometry in the renderer's domain) -> images [B, 3, S, S]."""
+        _no_lengths(lengths)
+        if not isinstance(z, torch.Tensor) or z.dim() != 3 or z.shape[-1] != self.token_dim or not z.shape[1]:
+            raise ValueError(f"z must have shape [B, n, 5 + C] = [B, n, {self.token_dim}] with n >= 1, got "
+                             f"{tuple(getattr(z, 'shape', ()))}")
+        return (self.decoder(self.render(z)) + 1) / 2
+
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """Splat tokens [B, n, 5 + C] to the decoder's input [B, C, render_size, render_size]."""
+        c = self.config
+        geometry, texture = z[..., :5], z[..., 5:]
+        size = (c.render_size, c.render_size)
+        if reference_enabled():
+            return _reference_splat.render(geometry, texture, size, box_sigma=c.box_sigma)
+        return _splat.render(geometry, texture, size, box_sigma=c.box_sigma)
+
+    def decode_tokens(self, tokens: torch.Tensor, lengths=None, geometry: torch.Tensor | None = None):
+        """Continuous tokens [B, n, 5 + C] (= decode); with a VQ, code indices [B, n] and their geometry
+        [B, n, 5]."""
+        if self.quantize is None:
+            if geometry is not None:
+                raise ValueError("geometry is only taken with VQ tokens (codebook_size set); continuous tokens "
+                                 "carry their geometry")
+            return self.decode(tokens, lengths)
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            raise ValueError(f"tokens must be code indices [B, n], got shape {tuple(getattr(tokens, 'shape', ()))}")
+        if not isinstance(geometry, torch.Tensor) or tuple(geometry.shape) != (*tokens.shape, 5):
+            raise ValueError(f"geometry must have shape [B, n, 5] = {[*tokens.shape, 5]}, got "
+                             f"{tuple(getattr(geometry, 'shape', ()))}")
+        texture = self.quantize.lookup(tokens).to(geometry.dtype)
+        return self.decode(torch.cat([geometry, texture], -1), lengths)
+
+    def forward(self, x: torch.Tensor, lengths=None, init_geometry: torch.Tensor | None = None):
+        _no_lengths(lengths)
+        z, info = self.encode(x, init_geometry)
+        return self.decode(z), info
+
+
+def _no_lengths(lengths):
+    if lengths is not None:
+        raise ValueError("lengths applies to ordered 1D tokens; GPSToken's Gaussian tokens are unordered "
+                         "(decode any subset by passing those tokens)")
