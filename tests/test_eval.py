@@ -112,3 +112,22 @@ def test_evaluate_2d_tokenizer_has_no_rate_distortion():
     res, _ = evaluate_tokenizer(TinyVQ(), torch.rand(2, 3, 16, 16), perturb_alphas=(0.5,), log=lambda m: None)
     assert "rate_distortion" not in res and "1D" in res["skipped"]["rate_distortion"]
     assert math.isfinite(res["robustness"]["psnr_drop"]["0.5"])
+
+
+def test_evaluate_continuous_tokenizer():
+    """GPSToken's tokens are continuous Gaussians: PSNR of decode(encode(x)), no codebook metrics."""
+    pytest.importorskip("torchvision", reason="GPSToken's encoder needs torchvision (the [gpstoken] extra)")
+    import imtok.tokenizers as T
+    from imtok.eval.metrics import psnr as psnr_fn
+
+    torch.manual_seed(0)
+    tok = T.create("gpstoken-tiny").eval()
+    x = torch.rand(2, 3, 32, 32)
+    res, recon = evaluate_tokenizer(tok, x, log=lambda m: None)
+    with torch.no_grad():
+        expected = tok.decode(tok.encode(x)[0]).float().clamp(0, 1)
+    assert torch.equal(recon, expected)
+    assert res["psnr"] == pytest.approx(float(psnr_fn(expected, x).mean()), rel=1e-6)
+    assert res["continuous_latent_shape"] == [tok.config.num_tokens, 5 + tok.config.texture_channels]
+    assert "codebook_usage" not in res and "robustness" not in res and "rate_distortion" not in res
+    assert "continuous latents per image" in format_metrics(res)

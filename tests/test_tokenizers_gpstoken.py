@@ -11,6 +11,8 @@ import imtok.tokenizers as T
 import imtok_cuda.splat as S
 from imtok.tokenizers.gpstoken import GPSTokenConfig, partition_boxes
 
+pytest.importorskip("torchvision", reason="GPSToken's encoder needs torchvision (the [gpstoken] extra)")
+
 
 def tiny_gps(**kw):
     cfg = dict(image_size=16, num_tokens=6, texture_channels=4, enc_width=32, enc_depth=2, enc_heads=2,

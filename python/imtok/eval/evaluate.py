@@ -14,12 +14,16 @@ def _batches(x, n):
 
 
 def _tokens(model, x):
-    _, info = model.encode(x)
-    return info["min_encoding_indices"]
+    """Discrete tokens, or the continuous latents of a tokenizer without a quantizer (GPSToken's Gaussians)."""
+    z, info = model.encode(x)
+    tokens = info.get("min_encoding_indices")
+    return z if tokens is None else tokens
 
 
 def _decode(model, tokens, length=None):
-    if length is None:
+    if tokens.is_floating_point():
+        out = model.decode(tokens)
+    elif length is None:
         out = model.decode_tokens(tokens)
     else:
         lengths = torch.full((tokens.shape[0],), int(length), dtype=torch.long, device=tokens.device)
@@ -95,8 +99,12 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
         tokens.append(t)
         recons.append(_decode(model, t).cpu())
     recon, tokens = torch.cat(recons), torch.cat(tokens)
-    res = {"num_images": images.shape[0], "image_size": list(images.shape[-2:]), "tokens_per_image":
-           int(tokens[0].numel()), "psnr": mean_finite(psnr(recon, images))}
+    res = {"num_images": images.shape[0], "image_size": list(images.shape[-2:]), "psnr":
+           mean_finite(psnr(recon, images))}
+    if tokens.is_floating_point():
+        res["continuous_latent_shape"] = list(tokens.shape[1:])
+    else:
+        res["tokens_per_image"] = int(tokens[0].numel())
     res["baselines"] = baselines(images)
     skipped = {}
     if min(images.shape[-2:]) >= 11:
@@ -104,10 +112,10 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
     else:
         skipped["ssim"] = "images smaller than the 11x11 window"
     K = codebook_size(model)
-    if K:
+    if K and not tokens.is_floating_point():
         res.update(codebook_stats(tokens, K))
     vq = _vector_quantizer(model)
-    if vq is not None and perturb_alphas:
+    if vq is not None and perturb_alphas and not tokens.is_floating_point():
         from imtok_cuda.vq import latent_perturbation
 
         cb = _codebook(vq)
@@ -127,7 +135,7 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
                              "psnr_drop": {a: res["psnr"] - v for a, v in rob.items()}}
     elif perturb_alphas:
         skipped["robustness"] = "no VectorQuantizer in the tokenizer (the RobusTok protocol perturbs VQ codes)"
-    n = num_tokens_1d(model)
+    n = None if tokens.is_floating_point() else num_tokens_1d(model)
     if rate_distortion and n:
         curve = []
         for L in rate_distortion_lengths(n):
@@ -180,7 +188,8 @@ def plot_rate_distortion(curve, path: str, title: str = "rate-distortion (held-o
 def format_metrics(res: dict) -> str:
     """Markdown lines for report.md / the terminal."""
     lines = [f"| held-out crops | {res['num_images']} x {res['image_size'][0]}x{res['image_size'][1]} |",
-             f"| tokens per image | {res['tokens_per_image']} |",
+             f"| tokens per image | {res['tokens_per_image']} |" if "tokens_per_image" in res else
+             f"| continuous latents per image | {' x '.join(map(str, res['continuous_latent_shape']))} |",
              f"| PSNR | {res['psnr']:.2f} dB |"]
     if "ssim" in res:
         lines.append(f"| SSIM | {res['ssim']:.4f} |")
