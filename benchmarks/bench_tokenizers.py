@@ -11,18 +11,15 @@ Rows
   one length per call, does at best), and vs the anchor's own call pattern, the whole batch once per distinct
   length.
 """
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+import imtok
+import imtok.tokenizers as T
+from imtok.layers.quantize import VectorQuantize
 
-import imtok  # noqa: E402
-import imtok.tokenizers as T  # noqa: E402
-from imtok.layers.quantize import VectorQuantize  # noqa: E402
+from ._common import compare, main
 
 
 def _ref(fn):
