@@ -153,8 +153,8 @@ def build_plan(cpp_sources, cu_sources, arch_list, jobs, cpus, gpu_seen):
         lines.append(f"  CUDA kernels:          {len(cu_sources)} files x {n_arch} arch(s) {arch_names} with nvcc, "
                      f"about {100 * share:.0f}% of the compile time")
         if not gpu_seen:
-            lines.append("  No GPU visible here: if this machine will not run CUDA, FORCE_CUDA=0 skips the CUDA kernels "
-                         f"(about {100 * share:.0f}% of the compile time)"
+            lines.append("  No GPU visible here: if this machine will not run CUDA, FORCE_CUDA=0 skips the CUDA "
+                         f"kernels (about {100 * share:.0f}% of the compile time)"
                          + ("; TORCH_CUDA_ARCH_LIST=9.0 (say) builds one arch only" if n_arch > 1 else ""))
     else:
         lines.append("  CUDA kernels:          none (CPU-only build: " +

@@ -23,8 +23,8 @@ from ._common import add_speedup, add_times, interleaved_runs, load_1m, main, pe
 
 
 def _interleaved(variants, device, reps, warmup=1):
-    """variants: {name: callable or (enter, call, leave)} -> {name: {"wall_ms": [...], "cpu_ms": [...]}, "load_1m": [before,
-    after]}: on a shared CPU host the process CPU time (all threads of this process) is the steadier figure, wall
+    """variants: {name: callable or (enter, call, leave)} -> {name: {"wall_ms": [...], "cpu_ms": [...]},
+    "load_1m": [before, after]}: on a shared CPU host the process CPU time (all threads of this process) is the steadier figure, wall
     time the one a user sees."""
     before = load_1m()
     runs = interleaved_runs(variants.values(), device, warmup, reps, max_seconds=None)
@@ -151,7 +151,8 @@ def _tomesd_rows(device, quick, reps):
     shape = f"{label} B={B} ratio 0.5"
     return [
         _row("reduction", "tomesd UNet step: imtok vs PyPI tomesd 0.1.3", shape, device, times["imtok"],
-             times["tomesd"], times["load_1m"], "share of the step in self-attention (attn1) / merging: imtok {}; tomesd {}".format(
+             times["tomesd"], times["load_1m"],
+             "share of the step in self-attention (attn1) / merging: imtok {}; tomesd {}".format(
                  shares["imtok"], shares["tomesd"])),
         _row("reduction", "tomesd UNet step: imtok vs no merging", shape, device, times["imtok"], times["none"],
              times["load_1m"]),

@@ -76,7 +76,8 @@ def bench(args):
             continue
         print(common.markdown(rows), flush=True)
         all_rows.extend(rows)
-        common.save(all_rows, os.path.join(args.out, "bench"))  # after every file: a run stopped by a timeout keeps its rows
+        # after every file: a run stopped by a timeout keeps its rows
+        common.save(all_rows, os.path.join(args.out, "bench"))
     print(f"\nwrote {args.out}/bench.json and bench.md ({len(all_rows)} rows, {stamp}, {common.machine()})")
     warning = common.load_warning(all_rows)
     if warning:
