@@ -248,7 +248,9 @@ def main(argv=None):
     b = sub.add_parser("bench", help="fused ops vs references, side by side (JSON + markdown)")
     b.add_argument("--quick", action="store_true", help="smaller shapes, about a minute per family on 2 cores")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    b.add_argument("--only", default=None, help="comma-separated family names (vq,splat,...)")
+    b.add_argument("--only", default=None,
+                   help="comma-separated family names, each matching the bench_<family>.py files whose family "
+                        "contains it (vq: bench_vq and bench_vq_quantizers; shuffle: bench_shuffle)")
     b.add_argument("--out", default="bench_out", help="output folder")
     args = ap.parse_args(argv)
     if args.cmd == "info":
