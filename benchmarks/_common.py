@@ -8,6 +8,7 @@ the CUDA caching allocator's peak on GPU and with the process's resident-set hig
 which also sees memory a kernel allocates outside torch. Each row records the 1-minute load average before
 and after it; `markdown` adds a warning line under the table when the machine was loaded.
 """
+import ctypes
 import gc
 import json
 import os
@@ -127,9 +128,19 @@ def _status_kb(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _release_free_heap():
+    """glibc keeps freed memory mapped (and raises its mmap threshold after large frees), so a call that reuses it
+    would not raise the resident set at all: hand it back to the OS first (no-op without glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss_peak_extra_mb(fn):
-    """CPU: reset the kernel's resident-set high-water mark (Linux clear_refs 5), run fn, read VmHWM.
-    Counts every allocation that is touched, torch's and the kernels' own (std::vector scratch) alike."""
+    """CPU: release the free heap, reset the kernel's resident-set high-water mark (Linux clear_refs 5), run fn,
+    read VmHWM. Counts every allocation that is touched, torch's and the kernels' own (std::vector scratch)."""
+    _release_free_heap()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     rss0 = _status_kb("VmRSS")
