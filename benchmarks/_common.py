@@ -239,7 +239,7 @@ def markdown(rows):
             _with_spread(r.get("fused_ms"), r.get("fused_spread_ms"), ".2f"),
             _with_spread(r.get("ref_ms"), r.get("ref_spread_ms"), ".2f"),
             _with_spread(r.get("speedup"), r.get("speedup_spread"), ".1f", "x"), fmt(r.get("fused_peak_mb"), ".1f"),
-            fmt(r.get("ref_peak_mb"), ".1f"), fmt(r.get("mem_ratio"), ".0f") + ("x" if r.get("mem_ratio") else ""),
+            fmt(r.get("ref_peak_mb"), ".1f"), "-" if r.get("mem_ratio") is None else _short(r["mem_ratio"]) + "x",
             r.get("notes", "")))
     warning = load_warning(rows)
     if warning:
