@@ -4,7 +4,7 @@
 Rows
 - encode / decode / training step (forward + backward of mse + quantizer loss; the same tail-drop lengths on both
   paths) of LlamaGen VQ-16, TiTok-S-128 and One-D-Piece-S-256, B = 8 at 256 px (quick: the -tiny sizes, B = 8 at
-  32 px). Full mode times every repetition it is asked for (a training step takes about a minute on 2 busy cores);
+  32 px). Full mode times every repetition it is asked for (one training step: 40 s to 4.5 min on 2 busy cores);
 - the VQ-16 quantizer training step at B = 32 (N = 8192 vectors, K = 16384 codes, D = 8): peak memory vs the
   reference, which builds the N x K distance matrix (512 MiB in fp32) and its temporaries (quick: B = 8);
 - One-D-Piece decoding of 16 images with random per-sample lengths (S-256; quick: one-d-piece-tiny): one packed
