@@ -8,16 +8,13 @@ Two comparisons per shape, same inputs, same run:
 Peak extra memory: CUDA allocator peak on GPU, resident-set high-water mark on CPU (benchmarks/_common.py).
 """
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+from imtok_cuda import attention as A
 
-from imtok_cuda import attention as A  # noqa: E402
+from ._common import compare, main
 
 
 def eager_with_probs(q, k, v):

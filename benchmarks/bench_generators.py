@@ -21,11 +21,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+import imtok
+import imtok.generators as G
 
-import imtok  # noqa: E402
-import imtok.generators as G  # noqa: E402
+from ._common import compare, main
 
 
 def _official_generate(model, repo):

@@ -1,23 +1,18 @@
-"""Token merging (ToMe, tomesd) and Token-Shuffle: fused ops vs the pure-PyTorch references, same inputs, same run.
+"""Token merging (ToMe, tomesd): fused ops vs the pure-PyTorch references, same inputs, same run.
 
 Shapes: one ToMe layer of ViT-B/16 (T = 197 with CLS, metric = keys averaged over heads C = 64, features 768,
 r = 16, sizes from earlier merges), B in {1, 64}; tomesd at an SD 64x64 latent (4096 tokens, 320 channels,
-ratio 0.5, stride 2, batch 2 as with classifier-free guidance); Token-Shuffle s = 2 on a 64x64 token grid.
+ratio 0.5, stride 2, batch 2 as with classifier-free guidance). Token-Shuffle: bench_shuffle.py.
 
-    python benchmarks/bench_merge.py [--quick] [--device cpu|cuda] [--out bench_out/merge]
+    python -m benchmarks.bench_merge [--quick] [--device cpu|cuda] [--out bench_out/merge]
 """
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+from imtok_cuda import merge as M
+from imtok_cuda.reference import merge as RM
 
-from imtok_cuda import merge as M  # noqa: E402
-from imtok_cuda import shuffle as S  # noqa: E402
-from imtok_cuda.reference import merge as RM  # noqa: E402
-from imtok_cuda.reference import shuffle as RS  # noqa: E402
+from ._common import compare, main
 
 
 def _tome_rows(device, quick):
@@ -73,30 +68,9 @@ def _tomesd_rows(device, quick):
                     run(M), run(RM), reps=reps)]
 
 
-def _shuffle_rows(device, quick):
-    reps = 3 if quick else 10
-    B, h, w, s, D = 4, 32, 32, 2, 256
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, h * s * w * s, D, generator=g).to(device)
-    wt = (torch.randn(D, s * s * D, generator=g) * 0.02).to(device)
-    b = torch.zeros(D).to(device)
-    wt2 = (torch.randn(s * s * D, D, generator=g) * 0.02).to(device)
-    y = torch.randn(B, h * w, D, generator=g).to(device)
-    shape = f"B={B} 64x64->32x32 s=2 D={D}"
-    return [
-        compare("shuffle", "token_shuffle", shape, device, lambda: S.token_shuffle(x, h, w, s),
-                lambda: RS.token_shuffle(x, h, w, s).contiguous(), reps=reps, notes="reference made contiguous"),
-        compare("shuffle", "shuffle_linear (s^2 D -> D)", shape, device, lambda: S.shuffle_linear(x, h, w, s, wt, b),
-                lambda: RS.shuffle_linear(x, h, w, s, wt, b), reps=reps),
-        compare("shuffle", "linear_unshuffle (D -> s^2 D)", shape, device,
-                lambda: S.linear_unshuffle(y, h, w, s, wt2, None), lambda: RS.linear_unshuffle(y, h, w, s, wt2, None),
-                reps=reps),
-    ]
-
-
 def run(device="cpu", quick=False):
     with torch.no_grad():
-        return _tome_rows(device, quick) + _tomesd_rows(device, quick) + _shuffle_rows(device, quick)
+        return _tome_rows(device, quick) + _tomesd_rows(device, quick)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,13 @@ Rows:
   FasterVLM scores        CLS-row attention from q, k (16 heads, 577 tokens) vs the full attention map
 Quick mode uses smaller batches so that it finishes in well under a minute on a CPU.
 """
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+from imtok_cuda import prune
+from imtok_cuda.reference import prune as ref
 
-from imtok_cuda import prune  # noqa: E402
-from imtok_cuda.reference import prune as ref  # noqa: E402
+from ._common import compare, main
 
 
 def _op_rows(device, quick, reps):

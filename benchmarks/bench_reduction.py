@@ -7,52 +7,40 @@ Rows (full mode; quick mode runs the same code on small configs):
               `tome` package of facebookresearch/ToMe is importable) and vs the unmerged timm model (SDPA)
   FasterVLM   transformers CLIP-L/336 vision tower (24 layers, 577 tokens), keep 25 %: imtok.reduction.fastervlm
               vs the anchor's output_attentions=True (eager attention, every map) + top-k; time and peak memory
-Variants of one model run interleaved (one call each in turn) so a busy host slows them alike; each row reports
+Variants of one model run interleaved (_common.interleaved_runs) so a busy host slows them alike; each row reports
 the median and the spread (min-max) of every variant, and the share of the patched step spent in the merges
 (matching, merge, unmerge) and in attention, measured in one separate instrumented call.
 
-    python benchmarks/bench_reduction.py [--quick] [--device cpu|cuda] [--out bench_out/reduction]
+    python -m benchmarks.bench_reduction [--quick] [--device cpu|cuda] [--out bench_out/reduction]
 """
 import contextlib
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import main, peak_extra_mb, sync  # noqa: E402
+from ._common import add_speedup, add_times, interleaved_runs, load_1m, main, peak_extra_mb, sync
 
 
 def _interleaved(variants, device, reps, warmup=1):
-    """variants: {name: (enter, call, exit)}; one timed call of each variant in turn, reps rounds.
-    Returns {name: ([wall ms, ...], [process CPU ms, ...])}: on a shared CPU host the process CPU time (all threads
-    of this process) is the steadier figure, wall time the one a user sees."""
-    times = {name: ([], []) for name in variants}
-    for rnd in range(warmup + reps):
-        for name, (enter, call, leave) in variants.items():
-            enter()
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            call()
-            sync(device)
-            if rnd >= warmup:
-                times[name][0].append((time.perf_counter() - t0) * 1e3)
-                times[name][1].append((time.process_time() - c0) * 1e3)
-            leave()
-    return times
+    """variants: {name: callable or (enter, call, leave)} -> {name: {"wall_ms": [...], "cpu_ms": [...]},
+    "load_1m": [before, after]}: on a shared CPU host the process CPU time (all threads of this process) is the steadier figure, wall
+    time the one a user sees."""
+    before = load_1m()
+    runs = interleaved_runs(variants.values(), device, warmup, reps, max_seconds=None)
+    return {**dict(zip(variants, runs)), "load_1m": [before, load_1m()]}
 
 
-def _row(family, op, shape, device, ours, base, notes=""):
-    (wall_o, cpu_o), (wall_b, cpu_b) = ours, base
-    med_o, med_b = statistics.median(wall_o), statistics.median(wall_b)
-    spread = "wall spread {:.0f}-{:.0f} vs {:.0f}-{:.0f} ms".format(min(wall_o), max(wall_o), min(wall_b), max(wall_b))
+def _row(family, op, shape, device, ours, base, load, notes=""):
     cpu = "process CPU time {:.0f} vs {:.0f} ms ({:.2f}x)".format(
-        statistics.median(cpu_o), statistics.median(cpu_b), statistics.median(cpu_b) / statistics.median(cpu_o))
-    return {"family": family, "op": op, "shape": shape, "device": str(device), "fused_ms": med_o, "ref_ms": med_b,
-            "speedup": med_b / med_o, "fused_peak_mb": None, "ref_peak_mb": None,
-            "notes": "; ".join(n for n in (notes, cpu, spread) if n)}
+        statistics.median(ours["cpu_ms"]), statistics.median(base["cpu_ms"]),
+        statistics.median(base["cpu_ms"]) / statistics.median(ours["cpu_ms"]))
+    row = {"family": family, "op": op, "shape": shape, "device": str(device), "fused_peak_mb": None,
+           "ref_peak_mb": None, "notes": "; ".join(n for n in (notes, cpu) if n), "load_1m": load}
+    add_times(row, "fused", ours["wall_ms"])
+    add_times(row, "ref", base["wall_ms"])
+    add_speedup(row, ours["wall_ms"], base["wall_ms"])
+    return row
 
 
 class _Stopwatch:
@@ -163,9 +151,11 @@ def _tomesd_rows(device, quick, reps):
     shape = f"{label} B={B} ratio 0.5"
     return [
         _row("reduction", "tomesd UNet step: imtok vs PyPI tomesd 0.1.3", shape, device, times["imtok"],
-             times["tomesd"], "share of the step in self-attention (attn1) / merging: imtok {}; tomesd {}".format(
+             times["tomesd"], times["load_1m"],
+             "share of the step in self-attention (attn1) / merging: imtok {}; tomesd {}".format(
                  shares["imtok"], shares["tomesd"])),
-        _row("reduction", "tomesd UNet step: imtok vs no merging", shape, device, times["imtok"], times["none"]),
+        _row("reduction", "tomesd UNet step: imtok vs no merging", shape, device, times["imtok"], times["none"],
+             times["load_1m"]),
     ]
 
 
@@ -231,11 +221,11 @@ def _tome_rows(device, quick, reps):
     shares = _shares(watch, total)
     shape = f"{label} B={B} r={r}"
     rows = [_row("reduction", "ToMe ViT: imtok vs unmerged timm (SDPA)", shape, device, times["imtok"],
-                 times["timm"], f"imtok step: {shares}; img/s {B / statistics.median(times['timm'][0]) * 1e3:.1f} -> "
-                                f"{B / statistics.median(times['imtok'][0]) * 1e3:.1f}")]
+                 times["timm"], times["load_1m"], f"imtok step: {shares}; img/s {B / statistics.median(times['timm']['wall_ms']) * 1e3:.1f} -> "
+                                f"{B / statistics.median(times['imtok']['wall_ms']) * 1e3:.1f}")]
     if official is not None:
         rows.append(_row("reduction", "ToMe ViT: imtok vs official ToMe patch", shape, device, times["imtok"],
-                         times["official"], "official: explicit softmax attention, torch gather/scatter merges"))
+                         times["official"], times["load_1m"], "official: explicit softmax attention, torch gather/scatter merges"))
     else:
         rows.append({"family": "reduction", "op": "ToMe ViT: imtok vs official ToMe patch", "shape": shape,
                      "device": str(device), "notes": "skipped: facebookresearch/ToMe (`tome`) is not importable"})
@@ -279,11 +269,10 @@ def _fastervlm_rows(device, quick, reps):
             idx = scores.topk(k, dim=1).indices.sort(dim=1).values
             return feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1]))
 
-    nothing = lambda: None  # noqa: E731
-    times = _interleaved({"imtok": (nothing, ours, nothing), "anchor": (nothing, anchor, nothing)}, device, reps)
+    times = _interleaved({"imtok": ours, "anchor": anchor}, device, reps)
     mem_ours, mem_anchor = peak_extra_mb(ours, device), peak_extra_mb(anchor, device)
     row = _row("reduction", "FasterVLM keep 25%: imtok (fused CLS row) vs output_attentions + top-k",
-               f"{label} B={B} keep {k}/{num_patches}", device, times["imtok"], times["anchor"],
+               f"{label} B={B} keep {k}/{num_patches}", device, times["imtok"], times["anchor"], times["load_1m"],
                "imtok skips the layers after the feature layer and runs SDPA elsewhere; the anchor runs eager "
                "attention in every layer and returns every map")
     row["fused_peak_mb"], row["ref_peak_mb"] = mem_ours, mem_anchor

@@ -7,40 +7,20 @@ Rows:
                     randomize_temperature 3.94 (step 1 of 8 at 4.5; issue target >= 3x) and 0 (greedy)
   GSD verify        Jacobi window L=16, V=16384, window 7 (Lumina-mGPT defaults), B=2: the fused op vs the reference
                     (a readable loop over positions with a full sort per position)
-Every row reports the median and the spread (min / max over the repetitions) of both sides.
+Every row reports the median and the spread (min / max over the interleaved repetitions) of both sides.
 Quick mode shrinks the batches so the whole file runs in well under a minute on a CPU.
 """
-import os
-import statistics
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import main, peak_extra_mb, times_ms  # noqa: E402
+from imtok_cuda import sampling
+from imtok_cuda.reference import sampling as ref
 
-from imtok_cuda import sampling  # noqa: E402
-from imtok_cuda.reference import sampling as ref  # noqa: E402
+from ._common import compare, main
 
 
-def _row(op, shape, device, fused, reference, reps, notes="", measure_memory=True):
-    tf = times_ms(fused, device, 1, reps)
-    tr = times_ms(reference, device, 1, reps)
-    row = {"family": "sampling", "op": op, "shape": shape, "device": str(device)}
-    row["fused_ms"] = statistics.median(tf)
-    row["ref_ms"] = statistics.median(tr)
-    row["speedup"] = row["ref_ms"] / row["fused_ms"]
-    row["fused_min_max_ms"] = [min(tf), max(tf)]
-    row["ref_min_max_ms"] = [min(tr), max(tr)]
-    row["reps"] = [len(tf), len(tr)]
-    row["fused_peak_mb"] = peak_extra_mb(fused, device) if measure_memory else None
-    row["ref_peak_mb"] = peak_extra_mb(reference, device) if measure_memory else None
-    if measure_memory:
-        row["mem_ratio"] = row["ref_peak_mb"] / max(row["fused_peak_mb"], 0.1)
-    spread = "fused {:.2f}-{:.2f} ms, ref {:.2f}-{:.2f} ms over {}/{} reps".format(
-        min(tf), max(tf), min(tr), max(tr), len(tf), len(tr))
-    row["notes"] = (notes + "; " if notes else "") + spread
-    return row
+def _row(op, shape, device, fused, reference, reps, measure_memory=True):
+    return compare("sampling", op, shape, device, fused, reference, warmup=1, reps=reps,
+                   measure_memory=measure_memory)
 
 
 def run(device="cpu", quick=False):

@@ -6,16 +6,13 @@ the memory it would take).
 Geometry is GPSToken-like: mu uniform in [-1, 1], sigma = (2/3) / sqrt(N) (the entropy initialisation's size of
 a region of 1/N of the image) times U(0.6, 1.4), rho in +-0.5, box_sigma = 3.
 """
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+from imtok_cuda import splat
+from imtok_cuda.reference import splat as ref
 
-from imtok_cuda import splat  # noqa: E402
-from imtok_cuda.reference import splat as ref  # noqa: E402
+from ._common import compare, main
 
 
 def make(B, N, C, device, seed=0):

@@ -2,8 +2,9 @@
 (`imtok.use_reference()`), same weights, same inputs, same run.
 
 Rows
-- encode / decode / training step (forward + backward of mse + quantizer loss) of LlamaGen VQ-16, TiTok-S-128
-  and One-D-Piece-S-256, B = 8 at 256 px (quick: the -tiny sizes, B = 8 at 32 px);
+- encode / decode / training step (forward + backward of mse + quantizer loss; the same tail-drop lengths on both
+  paths) of LlamaGen VQ-16, TiTok-S-128 and One-D-Piece-S-256, B = 8 at 256 px (quick: the -tiny sizes, B = 8 at
+  32 px). Full mode times every repetition it is asked for (one training step: 40 s to 4.5 min on 2 busy cores);
 - the VQ-16 quantizer training step at B = 32 (N = 8192 vectors, K = 16384 codes, D = 8): peak memory vs the
   reference, which builds the N x K distance matrix (512 MiB in fp32) and its temporaries (quick: B = 8);
 - One-D-Piece decoding of 16 images with random per-sample lengths (S-256; quick: one-d-piece-tiny): one packed
@@ -11,18 +12,15 @@ Rows
   one length per call, does at best), and vs the anchor's own call pattern, the whole batch once per distinct
   length.
 """
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+import imtok
+import imtok.tokenizers as T
+from imtok.layers.quantize import VectorQuantize
 
-import imtok  # noqa: E402
-import imtok.tokenizers as T  # noqa: E402
-from imtok.layers.quantize import VectorQuantize  # noqa: E402
+from ._common import compare, main
 
 
 def _ref(fn):
@@ -32,7 +30,7 @@ def _ref(fn):
     return run
 
 
-def _model_rows(name, batch, size, device, reps, ops=("encode", "decode", "train step")):
+def _model_rows(name, batch, size, device, reps, ops=("encode", "decode", "train step"), max_seconds=40.0):
     tok = T.create(name).to(device)
     x = torch.rand(batch, 3, size, size, device=device)
     shape = f"B={batch} {size}px"
@@ -48,6 +46,7 @@ def _model_rows(name, batch, size, device, reps, ops=("encode", "decode", "train
             return tok.eval().decode(z_q)
 
     def train_step():
+        torch.manual_seed(0)  # the same tail-drop lengths (One-D-Piece) on every call and on both paths
         tok.train().zero_grad(set_to_none=True)
         recon, info = tok(x)
         (F.mse_loss(recon, x) + info["quantizer_loss"]).backward()
@@ -55,13 +54,13 @@ def _model_rows(name, batch, size, device, reps, ops=("encode", "decode", "train
 
     fns = {"encode": encode, "decode": decode, "train step": train_step}
     rows = [compare("tokenizers", f"{name} {op}", shape, device, fns[op], _ref(fns[op]), warmup=1, reps=reps,
-                    notes="reference path: explicit-softmax attention, N x K distance matrix")
+                    notes="reference path: explicit-softmax attention, N x K distance matrix", max_seconds=max_seconds)
             for op in ops]
     del tok
     return rows
 
 
-def _quantizer_row(batch, device, reps):
+def _quantizer_row(batch, device, reps, max_seconds=40.0):
     vq = VectorQuantize(16384, 8, beta=0.25, l2_norm=True).to(device).train()
     z = torch.randn(batch, 16, 16, 8, device=device)
     n = z.numel() // 8
@@ -73,11 +72,12 @@ def _quantizer_row(batch, device, reps):
         return zz.grad
 
     return compare("tokenizers", "llamagen-vq16 quantizer train step", f"B={batch} N={n} K=16384 D=8", device,
-                   step, _ref(step), warmup=1, reps=reps,
+                   step, _ref(step), warmup=1, reps=reps, max_seconds=max_seconds,
                    notes=f"N x K fp32 = {n * 16384 * 4 / 2**20:.0f} MiB")
 
 
-def _lengths_rows(device, reps, name="one-d-piece-s-256", size=256, num_images=16):
+def _lengths_rows(device, reps, name="one-d-piece-s-256", size=256, num_images=16, max_seconds=40.0,
+                  anchor_calls=True):
     tok = T.create(name).to(device).eval()
     g = torch.Generator().manual_seed(0)
     N = tok.num_latent_tokens
@@ -106,12 +106,15 @@ def _lengths_rows(device, reps, name="one-d-piece-s-256", size=256, num_images=1
                 out[sel] = tok.decode_tokens(tokens[:, :n])[sel]
         return out
 
-    return [compare("tokenizers", f"{name} decode per-sample lengths: one packed pass vs per-length subsets", shape,
-                    device, one_pass, per_length_subsets, warmup=1, reps=reps,
-                    notes="baseline: one decode per distinct length over the images that have it"),
-            compare("tokenizers", f"{name} decode per-sample lengths: one packed pass vs anchor calls", shape,
-                    device, one_pass, per_length_whole_batch, warmup=0, reps=max(1, reps // 2),
-                    notes="baseline: the anchor's decode(batch, length) once per distinct length")]
+    rows = [compare("tokenizers", f"{name} decode per-sample lengths: one packed pass vs per-length subsets", shape,
+                    device, one_pass, per_length_subsets, warmup=1, reps=reps, max_seconds=max_seconds,
+                    notes="baseline: one decode per distinct length over the images that have it")]
+    if anchor_calls:  # the whole batch once per distinct length: about as many full decodes as images
+        rows.append(compare("tokenizers", f"{name} decode per-sample lengths: one packed pass vs anchor calls", shape,
+                            device, one_pass, per_length_whole_batch, warmup=0, reps=max(1, reps // 2),
+                            max_seconds=max_seconds,
+                            notes="baseline: the anchor's decode(batch, length) once per distinct length"))
+    return rows
 
 
 def run(device="cpu", quick=False):
@@ -123,12 +126,11 @@ def run(device="cpu", quick=False):
             rows += _model_rows(name, 8, 32, device, reps)
         rows.append(_quantizer_row(8, device, reps))
         rows += _lengths_rows(device, reps, name="one-d-piece-tiny", size=32)
-    else:
-        rows += _model_rows("titok-s-128", 8, 256, device, reps)
-        rows += _model_rows("one-d-piece-s-256", 8, 256, device, reps, ops=("encode", "decode"))
-        rows += _model_rows("llamagen-vq16", 8, 256, device, reps)
-        rows.append(_quantizer_row(32, device, reps))
-        rows += _lengths_rows(device, reps)
+    else:  # every repetition asked for is timed, however long (max_seconds=None)
+        for name in ("titok-s-128", "one-d-piece-s-256", "llamagen-vq16"):
+            rows += _model_rows(name, 8, 256, device, reps, max_seconds=None)
+        rows.append(_quantizer_row(32, device, reps, max_seconds=None))
+        rows += _lengths_rows(device, reps, max_seconds=None)
     return rows
 
 

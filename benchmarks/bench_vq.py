@@ -3,16 +3,13 @@
 References: "expand" = (x^2).sum + (e^2).sum - 2 x @ e^T then argmin (taming / LlamaGen / TiTok), and
 torch.cdist + argmin. Both materialize N x K; the fused kernel keeps O(N) + the packed codebook.
 """
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+from imtok_cuda import vq
+from imtok_cuda.reference import vq as ref
 
-from imtok_cuda import vq  # noqa: E402
-from imtok_cuda.reference import vq as ref  # noqa: E402
+from ._common import compare, main
 
 
 def _expand_argmin(x, cb):

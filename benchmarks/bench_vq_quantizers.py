@@ -5,16 +5,13 @@ entropy aux loss (codebook entropy + per-sample) at d=14 and d=18 vs the anchor'
 not run when its buffers cannot fit); EMA statistics at N=65536, K=16384, D=8 vs one_hot matmul (the anchor)
 and index_add.
 """
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compare, main  # noqa: E402
+from imtok_cuda import vq
+from imtok_cuda.reference import vq_quantizers as ref
 
-from imtok_cuda import vq  # noqa: E402
-from imtok_cuda.reference import vq_quantizers as ref  # noqa: E402
+from ._common import compare, main
 
 FSQ_LEVELS = [8, 8, 8, 5, 5, 5]
 

@@ -11,47 +11,77 @@ import sys
 import traceback
 
 
-def _bench_dir():
-    import imtok_benchmarks
-
-    return os.path.dirname(os.path.abspath(imtok_benchmarks.__file__))
+BENCH_PACKAGE = "imtok_benchmarks"
 
 
-def _load(path):
-    name = "imtok_bench_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def benchmarks_package():
+    """The benchmark files as the package `imtok_benchmarks`: the benchmarks/ folder of the checkout that the
+    running imtok comes from (editable install, or PYTHONPATH on a checkout), else the copy that a regular
+    `pip install .` puts in site-packages (setup.py ships benchmarks/ under that name)."""
+    import imtok
+
+    folder = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(imtok.__file__)), "..", "..", "benchmarks"))
+    if not os.path.isfile(os.path.join(folder, "_common.py")):
+        return importlib.import_module(BENCH_PACKAGE)
+    loaded = sys.modules.get(BENCH_PACKAGE)
+    if loaded is not None and list(loaded.__path__) == [folder]:
+        return loaded
+    for name in [n for n in sys.modules if n == BENCH_PACKAGE or n.startswith(BENCH_PACKAGE + ".")]:
+        del sys.modules[name]  # another checkout's copy: its submodules must not be reused
+    spec = importlib.util.spec_from_file_location(BENCH_PACKAGE, os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[BENCH_PACKAGE] = package
+    spec.loader.exec_module(package)
+    return package
+
+
+def bench_modules(only=None):
+    """Module names of the benchmark files (bench_<family>.py), all or those whose family contains one of the
+    comma-separated names in `only`; a name that matches no file is an error (it would run nothing)."""
+    folder = benchmarks_package().__path__[0]
+    families = sorted(f[len("bench_"):-len(".py")] for f in os.listdir(folder)
+                      if f.startswith("bench_") and f.endswith(".py"))
+    if only:
+        wanted = [o.strip() for o in only.split(",") if o.strip()]
+        unknown = [o for o in wanted if not any(o in fam for fam in families)]
+        if unknown:
+            raise SystemExit(f"--only {','.join(unknown)}: no benchmark file matches (families: {', '.join(families)})")
+        families = [fam for fam in families if any(o in fam for o in wanted)]
+    return ["bench_" + fam for fam in families]
 
 
 def bench(args):
     import torch
 
-    sys.path.insert(0, _bench_dir())
-    from _common import machine, markdown, save
-
+    package = benchmarks_package()
+    common = importlib.import_module(package.__name__ + "._common")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    files = sorted(f for f in os.listdir(_bench_dir()) if f.startswith("bench_") and f.endswith(".py"))
-    if args.only:
-        files = [f for f in files if any(o in f for o in args.only.split(","))]
+    modules = bench_modules(args.only)
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     with open(os.path.join(args.out, "machine.json"), "w") as fh:
-        json.dump({"date": stamp, **machine()}, fh, indent=1)
+        json.dump({"date": stamp, **common.machine()}, fh, indent=1)
     all_rows, failed = [], []
-    for f in files:
-        print(f"== {f} ({device}, {'quick' if args.quick else 'full'})", flush=True)
+    for name in modules:
+        load = common.load_1m()
+        busy = f"; WARNING: machine loaded (1-minute load average {load:.1f} on {os.cpu_count()} CPUs)" \
+            if common.is_loaded(load) else ""
+        print(f"== {name}.py ({device}, {'quick' if args.quick else 'full'}{busy})", flush=True)
         try:
-            rows = _load(os.path.join(_bench_dir(), f)).run(device=device, quick=args.quick)
+            rows = importlib.import_module(f"{package.__name__}.{name}").run(device=device, quick=args.quick)
         except Exception:  # one broken family must not cost the others' figures (a GPU lease is short)
             traceback.print_exc()
-            failed.append(f)
+            failed.append(name)
             continue
-        print(markdown(rows), flush=True)
+        print(common.markdown(rows), flush=True)
         all_rows.extend(rows)
-        save(all_rows, os.path.join(args.out, "bench"))  # after every file: a run stopped by a timeout keeps its rows
-    print(f"\nwrote {args.out}/bench.json and bench.md ({len(all_rows)} rows, {stamp}, {machine()})")
+        # after every file: a run stopped by a timeout keeps its rows
+        common.save(all_rows, os.path.join(args.out, "bench"))
+    print(f"\nwrote {args.out}/bench.json and bench.md ({len(all_rows)} rows, {stamp}, {common.machine()})")
+    warning = common.load_warning(all_rows)
+    if warning:
+        print(warning)
     if failed:
         sys.exit(f"benchmark files that failed: {', '.join(failed)}")
 
@@ -218,7 +248,9 @@ def main(argv=None):
     b = sub.add_parser("bench", help="fused ops vs references, side by side (JSON + markdown)")
     b.add_argument("--quick", action="store_true", help="smaller shapes, about a minute per family on 2 cores")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    b.add_argument("--only", default=None, help="comma-separated family names (vq,splat,...)")
+    b.add_argument("--only", default=None,
+                   help="comma-separated family names, each matching the bench_<family>.py files whose family "
+                        "contains it (vq: bench_vq and bench_vq_quantizers; shuffle: bench_shuffle)")
     b.add_argument("--out", default="bench_out", help="output folder")
     args = ap.parse_args(argv)
     if args.cmd == "info":
