@@ -10,56 +10,27 @@ Rows
   + 256 registers, head dim 64, B = 8), forward and forward + backward, as imtok's two calls on the same q, k, v
   (`causal_after`) vs F.scaled_dot_product_attention with the [L, L] boolean mask; and the whole d12 encoder
   (forward, and forward + backward) with either attention.
-Fused and reference (or SDPA) calls are interleaved on the same inputs; the rows give medians and the notes the
-spread (min-max). Peak memory on CPU is the resident-set high-water mark: run with MALLOC_MMAP_THRESHOLD_=65536
+Fused and reference (or SDPA) calls are interleaved on the same inputs (benchmarks/_common.compare). Peak memory on CPU is the resident-set high-water mark: run with MALLOC_MMAP_THRESHOLD_=65536
 so that glibc maps and unmaps every large buffer (with its default dynamic threshold, freed buffers are reused
 from the heap and whichever variant runs second reads ~0).
 """
 import importlib
-import os
-import statistics
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import main, peak_extra_mb, sync  # noqa: E402
+import imtok
+import imtok.tokenizers as T
 
-import imtok  # noqa: E402
-import imtok.tokenizers as T  # noqa: E402
+from ._common import compare, main
 
 # the module (imtok.layers re-exports its function `attention` under the same name)
 _attention_module = importlib.import_module("imtok.layers.attention")
 
 
-def _interleaved(fused, reference, device, warmup, reps):
-    for _ in range(warmup):
-        fused()
-        reference()
-    tf, tr = [], []
-    for _ in range(reps):
-        for fn, acc in ((fused, tf), (reference, tr)):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            acc.append((time.perf_counter() - t0) * 1e3)
-    return tf, tr
-
-
-def _row(op, shape, device, fused, reference, warmup, reps, notes, labels=("fused", "reference")):
-    tf, tr = _interleaved(fused, reference, device, warmup, reps)
-    row = {"family": "flextok", "op": op, "shape": shape, "device": str(device),
-           "fused_ms": statistics.median(tf), "ref_ms": statistics.median(tr)}
-    row["speedup"] = row["ref_ms"] / row["fused_ms"]
-    row["fused_peak_mb"] = peak_extra_mb(fused, device)
-    row["ref_peak_mb"] = peak_extra_mb(reference, device)
-    row["mem_ratio"] = row["ref_peak_mb"] / max(row["fused_peak_mb"], 0.1)
-    row["notes"] = (f"{labels[0]} {min(tf):.0f}-{max(tf):.0f} ms, {labels[1]} {min(tr):.0f}-{max(tr):.0f} ms "
-                    f"over {reps} interleaved runs; {notes}")
-    return row
+def _row(op, shape, device, fused, reference, warmup, reps, notes):
+    return compare("flextok", op, shape, device, fused, reference, warmup=warmup, reps=reps, notes=notes,
+                   max_seconds=600.0)
 
 
 def _ref(fn):
@@ -142,11 +113,9 @@ def _mask_rows(label, batch, heads, P, R, device, warmup, reps, head_dim=64):
 
     shape = f"B={batch} H={heads} P={P} R={R} d={head_dim}"
     note = f"baseline: SDPA with the [L, L] bool mask ({mask.numel() / 2**20:.2f} MiB, built per call)"
-    labels = ("two calls", "SDPA+mask")
-    return [_row(f"{label} encoder attention, causal_last mask", shape, device, ours, sdpa, warmup, reps, note,
-                 labels),
+    return [_row(f"{label} encoder attention, causal_last mask", shape, device, ours, sdpa, warmup, reps, note),
             _row(f"{label} encoder attention fwd+bwd, causal_last mask", shape, device, ours_bwd, sdpa_bwd, warmup,
-                 reps, note, labels)]
+                 reps, note)]
 
 
 def _dense_mask_attention(q, k, v, *, causal_after=None, **kwargs):
@@ -186,12 +155,11 @@ def _encoder_rows(name, batch, size, device, warmup, reps):
         return out.detach()
 
     shape = f"B={batch} {size}px"
-    labels = ("two calls", "SDPA+mask")
     note = "whole encoder (patch embed, blocks, registers out); baseline: every block's attention as SDPA + bool mask"
     return [_row(f"{name} encoder forward, causal_last mask", shape, device, forward, _with_dense_mask(forward),
-                 warmup, reps, note, labels),
+                 warmup, reps, note),
             _row(f"{name} encoder fwd+bwd, causal_last mask", shape, device, train, _with_dense_mask(train), warmup,
-                 reps, note, labels)]
+                 reps, note)]
 
 
 def run(device="cpu", quick=False):

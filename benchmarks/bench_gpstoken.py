@@ -1,7 +1,6 @@
 """GPSToken and the binary 1D tokenizer at published sizes with random weights: fused path vs the reference path
 (`imtok.use_reference()`: dense splat renderer, explicit-softmax attention), same weights, same inputs, calls
-interleaved (one fused call, one reference call, in turn) so that a busy host slows both alike. Each row has the
-median of both, their spread (min - max, in notes) and the peak extra memory of one call.
+interleaved (benchmarks/_common.compare: median, spread, load average, peak extra memory of one call).
 
 Rows
 - gpstoken render (the splat in the training step, forward + backward): B = 8, 128 tokens, 16 channels,
@@ -12,18 +11,14 @@ Rows
   at 32 px).
 """
 import os
-import statistics
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import main, peak_extra_mb, sync  # noqa: E402
+import imtok
+import imtok.tokenizers as T
 
-import imtok  # noqa: E402
-import imtok.tokenizers as T  # noqa: E402
+from ._common import compare, main
 
 MODEL_BATCH = int(os.environ.get("IMTOK_BENCH_BATCH", 8))
 
@@ -33,38 +28,6 @@ def _ref(fn):
         with imtok.use_reference():
             return fn()
     return run
-
-
-def _interleaved_ms(fns, device, warmup, reps, max_seconds=600.0):
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    start = time.perf_counter()
-    for _ in range(reps):
-        for t, fn in zip(times, fns):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            t.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > max_seconds:
-            break
-    return times
-
-
-def compare_interleaved(family, op, shape, device, fused, reference, warmup=1, reps=5, notes=""):
-    (tf, tr) = _interleaved_ms([fused, reference], device, warmup, reps)
-    notes = (f"{notes}; {len(tf)} interleaved reps, spread fused {min(tf):.1f}-{max(tf):.1f} ms, "
-             f"reference {min(tr):.1f}-{max(tr):.1f} ms")
-    row = {"family": family, "op": op, "shape": shape, "device": str(device), "notes": notes,
-           "fused_ms": statistics.median(tf), "ref_ms": statistics.median(tr),
-           "fused_spread_ms": (min(tf), max(tf)), "ref_spread_ms": (min(tr), max(tr)), "reps": len(tf)}
-    row["speedup"] = row["ref_ms"] / row["fused_ms"]
-    row["fused_peak_mb"] = peak_extra_mb(fused, device)
-    row["ref_peak_mb"] = peak_extra_mb(reference, device)
-    row["mem_ratio"] = row["ref_peak_mb"] / max(row["fused_peak_mb"], 0.1)
-    return row
 
 
 def _render_row(name, batch, device, reps):
@@ -81,9 +44,9 @@ def _render_row(name, batch, device, reps):
         F.mse_loss(tok.render(z), target).backward()
         return z.grad
 
-    return compare_interleaved("gpstoken", f"{name} render forward + backward", f"B={batch} N={c.num_tokens} "
-                               f"C={c.texture_channels} {c.render_size}x{c.render_size}", device, step, _ref(step),
-                               warmup=1, reps=reps, notes="reference: dense [B, N, H, W] renderer")
+    return compare("gpstoken", f"{name} render forward + backward", f"B={batch} N={c.num_tokens} "
+                   f"C={c.texture_channels} {c.render_size}x{c.render_size}", device, step, _ref(step), warmup=1,
+                   reps=reps, notes="reference: dense [B, N, H, W] renderer")
 
 
 def _model_rows(name, batch, device, reps, warmup):
@@ -113,8 +76,8 @@ def _model_rows(name, batch, device, reps, warmup):
 
     notes = "reference: dense splat renderer, explicit-softmax attention" if gps else \
         "reference: explicit-softmax attention"
-    return [compare_interleaved(tok.family, f"{name} {op}", f"B={batch} {size}px", device, fn, _ref(fn), warmup=warmup,
-                                reps=reps, notes=notes)
+    return [compare(tok.family, f"{name} {op}", f"B={batch} {size}px", device, fn, _ref(fn), warmup=warmup, reps=reps,
+                    notes=notes, max_seconds=600.0)
             for op, fn in (("encode", encode), ("decode", decode), ("train step", train_step))]
 
 
