@@ -45,6 +45,12 @@ def test_train_eval_generate_cli(tmp_path, capsys):
     res = json.loads((ev / "metrics.json").read_text())
     assert res["num_images"] == 8 and "robustness" in res and "rate_distortion" in res
     assert "FID skipped" in capsys.readouterr().out or "fid" in res
+    scaled = tmp_path / "eval_scaled"
+    main(["eval", "--tokenizer", str(run / "model"), "--num", "8", "--perturb-alpha", "", "--crop-scale", "0.5,1",
+          "--out", str(scaled)])
+    res_scaled = json.loads((scaled / "metrics.json").read_text())
+    # crops of half a photo and more show content: a different (lower) mean-colour baseline than flat full-res crops
+    assert res_scaled["baselines"]["mean colour"]["psnr"] != res["baselines"]["mean colour"]["psnr"]
     pytest.importorskip("imtok.generators")
     gen = tmp_path / "gen"
     main(["train", "--model", "maskgit-tiny", "--tokenizer", str(run / "model"), "--out", str(gen), "--steps", "2",

@@ -21,6 +21,8 @@ def test_readme_example_runs(index):
     code = _blocks()[index]
     if "import timm" in code:
         pytest.importorskip("timm", reason="timm (the [models] extra) is not installed")
+    if "gpstoken" in code:
+        pytest.importorskip("torchvision", reason="torchvision (the [gpstoken] extra) is not installed")
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme_example"})
 
 

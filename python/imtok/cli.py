@@ -170,7 +170,9 @@ def evaluate(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     _, held = split_images(args.data, args.crop)
-    images = heldout_crops(held, args.crop, args.num)
+    from imtok.demo import parse_crop_scale
+
+    images = heldout_crops(held, args.crop, args.num, scale=parse_crop_scale(args.crop_scale))
     alphas = [float(a) for a in args.perturb_alpha.split(",")] if args.perturb_alpha else []
     res, recon = evaluate_tokenizer(model, images, batch=args.batch_size, perturb_alphas=alphas,
                                     perturb_delta=args.perturb_delta, fid_spec=args.fid)
@@ -227,6 +229,8 @@ def main(argv=None):
     e.add_argument("--tokenizer", required=True, help="saved tokenizer folder (or a registry name)")
     e.add_argument("--data", default=None, help="image folder (default: the built-in photographs)")
     e.add_argument("--crop", type=int, default=32)
+    e.add_argument("--crop-scale", default=None, help="LO,HI: windows of that fraction of a photo's shorter side "
+                   "resized to --crop (as `imtok train --crop-scale-min/-max` and the demo); default: full resolution")
     e.add_argument("--num", type=int, default=256, help="held-out crops")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--perturb-alpha", default="0.1,0.3,0.5", help="RobusTok alphas ('' = skip robustness)")
