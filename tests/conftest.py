@@ -12,10 +12,16 @@ HAS_EMU = imtok_cuda.emulation_available()
 
 
 def pytest_collection_modifyitems(config, items):
+    """The one gate of the device tests: `cuda` needs a GPU; `emulated` (the marker, or the `emu` fixture) needs a
+    build with IMTOK_EMULATE_CUDA=1 (CI sets IMTOK_REQUIRE_EMULATION=1, so there a build without it fails instead)."""
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    skip_emu = pytest.mark.skip(reason="built without IMTOK_EMULATE_CUDA=1")
     for item in items:
         if "cuda" in item.keywords and not HAS_GPU:
             item.add_marker(skip_gpu)
+        emulated = item.get_closest_marker("emulated") or "emu" in getattr(item, "fixturenames", ())
+        if emulated and not HAS_EMU:
+            item.add_marker(skip_emu)
 
 
 def pytest_configure(config):
@@ -26,9 +32,8 @@ def pytest_configure(config):
 
 @pytest.fixture
 def emu():
-    """torch.ops.imtok_cuda_emu: the CUDA kernels of imtok_cuda executed on CPU threads."""
-    if not HAS_EMU:
-        pytest.skip("built without IMTOK_EMULATE_CUDA=1")
+    """torch.ops.imtok_cuda_emu: the CUDA kernels of imtok_cuda executed on CPU threads (tests using it are
+    skipped in builds without them, as `@pytest.mark.emulated` tests are)."""
     return torch.ops.imtok_cuda_emu
 
 

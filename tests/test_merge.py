@@ -11,7 +11,6 @@ from imtok_cuda.reference import merge as R
 
 EMU = imtok_cuda.emulation_available()
 emu_ops = torch.ops.imtok_cuda_emu if EMU else None
-needs_emu = pytest.mark.skipif(not EMU, reason="built without IMTOK_EMULATE_CUDA=1")
 cuda = pytest.mark.cuda
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -387,7 +386,7 @@ def test_random2d_vs_python_loops():
 # ---------------------------------------------------------------------------------------------------------
 # emulated CUDA kernels (csrc/merge/merge_kernels.cuh under the shim)
 # ---------------------------------------------------------------------------------------------------------
-@needs_emu
+@pytest.mark.emulated
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T", [11, 50])
 @pytest.mark.parametrize("flags", TOKEN_FLAGS)
@@ -421,7 +420,7 @@ def test_emulated_tome_match_and_apply(dtype, T, flags):
     torch.testing.assert_close(emu_ops.merge_unmerge(y, *args), M.merge_unmerge(y, cpu))
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_random2d():
     h, w, sx, sy = 7, 9, 2, 2
     metric = torch.randn(2, h * w, 24, generator=_gen(8), dtype=torch.float64)
@@ -438,7 +437,7 @@ def test_emulated_random2d():
         torch.testing.assert_close(emu_ops.merge_unmerge(y, *args), M.merge_unmerge(y, pc))
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_low_precision():
     metric = torch.randn(2, 50, 32, generator=_gen(12))
     x = torch.randn(2, 50, 32, generator=_gen(13))
@@ -499,7 +498,7 @@ def test_gradients_match_reference():
         torch.testing.assert_close(sb.grad, sa.grad)
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_gradcheck():
     plan = _small_plan(False)
     args = _plan_tuple(plan) + (None, None)

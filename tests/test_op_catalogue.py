@@ -68,7 +68,7 @@ def test_every_op_has_a_cuda_kernel():
     assert not _missing("imtok_cuda", "CUDA", op_names() - set(NO_DEVICE_KERNEL)), "ops without a CUDA kernel"
 
 
-@pytest.mark.skipif(not EMU, reason="built without IMTOK_EMULATE_CUDA=1 (CI requires it)")
+@pytest.mark.emulated
 def test_every_op_has_an_emulated_device_kernel():
     names = op_names()
     assert not _missing("imtok_cuda_emu", "CPU", names - set(NO_DEVICE_KERNEL)), "ops without an emulated kernel"
@@ -102,7 +102,7 @@ class _OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.skipif(not EMU, reason="built without IMTOK_EMULATE_CUDA=1 (CI requires it)")
+@pytest.mark.emulated
 def test_emulated_autograd_runs_emulated_kernels():
     """The backward of an emulated op runs that namespace's kernels, not the CPU ones (and vice versa)."""
     for ns in NAMESPACES:

@@ -8,7 +8,6 @@ from imtok_cuda.reference import shuffle as R
 
 EMU = imtok_cuda.emulation_available()
 emu_ops = torch.ops.imtok_cuda_emu if EMU else None
-needs_emu = pytest.mark.skipif(not EMU, reason="built without IMTOK_EMULATE_CUDA=1")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 GRIDS = [(1, 1, 1), (2, 3, 2), (3, 2, 3), (4, 4, 2), (5, 7, 1)]
@@ -170,7 +169,7 @@ def test_bad_input():
         ops.shuffle_linear_unshuffle(torch.randn(2, 4, 3), 2, 2, 2, torch.randn(6, 3), None)
 
 
-@needs_emu
+@pytest.mark.emulated
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_permutations(dtype):
     h, w, s = 3, 2, 2
@@ -180,7 +179,7 @@ def test_emulated_permutations(dtype):
     assert torch.equal(emu_ops.shuffle_token_unshuffle(y, h, w, s), x)
 
 
-@needs_emu
+@pytest.mark.emulated
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
 def test_emulated_fused_linear(dtype, bias):
@@ -198,7 +197,7 @@ def test_emulated_fused_linear(dtype, bias):
                                R.linear_unshuffle(xin, h, w, s, wt2, b2), **tol)
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_fused_linear_half():
     h, w, s, D, N = 2, 2, 2, 4, 8
     x = torch.randn(1, h * s * w * s, D, generator=_gen(9))

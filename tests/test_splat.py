@@ -4,14 +4,9 @@ import math
 import pytest
 import torch
 
-import imtok_cuda
 import imtok_cuda.splat as splat
 from imtok_cuda.reference import splat as ref
 
-# Emulation builds must register every splat op under imtok_cuda_emu: a lost registration fails
-# (test_emulated_ops_registered), it does not turn the emulated tests into skips.
-EMU = imtok_cuda.emulation_available()
-needs_emu = pytest.mark.skipif(not EMU, reason="built without IMTOK_EMULATE_CUDA=1")
 HAS_GPU = torch.cuda.is_available()
 
 
@@ -116,7 +111,7 @@ def test_empty_and_tiny(B, N, C, H, W):
     assert gg.grad.shape == g.shape and ff.grad.shape == f.shape
 
 
-@needs_emu
+@pytest.mark.emulated
 @pytest.mark.parametrize("B,N,C,H,W", [(0, 3, 2, 4, 4), (2, 0, 2, 4, 4), (2, 3, 0, 4, 4), (2, 3, 2, 0, 5),
                                        (2, 3, 2, 5, 0), (1, 1, 1, 1, 1)])
 def test_empty_and_tiny_emulated(B, N, C, H, W):
@@ -124,7 +119,7 @@ def test_empty_and_tiny_emulated(B, N, C, H, W):
     torch.testing.assert_close(emu_render(g, f, (H, W)), ref.render(g, f, (H, W)))
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_ops_registered():
     for op in ("splat_render", "splat_render_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"imtok_cuda_emu::{op}", "CPU"), op
@@ -137,7 +132,7 @@ def emu_grads(g, f, size, grad, box_sigma=3.0, lengths=None, normalize=False):
     return torch.ops.imtok_cuda_emu.splat_render_backward(grad, g, f, out, size[0], size[1], s, lengths, normalize)
 
 
-@needs_emu
+@pytest.mark.emulated
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_emulated_forward_matches_reference(dtype, normalize):
@@ -149,7 +144,7 @@ def test_emulated_forward_matches_reference(dtype, normalize):
     torch.testing.assert_close(out, ref.render(g, f, (13, 11), 3.0, lengths, normalize), rtol=rtol, atol=atol)
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_forward_many_tokens_tiles_and_channel_chunks():
     # 300 tokens: two staging rounds and several feature groups; 20 x 35: 2 x 3 tiles; C = 40: two chunks of 32
     g, f = make_inputs(1, 300, 40, torch.float32, sigma=(0.02, 0.2))
@@ -160,7 +155,7 @@ def test_emulated_forward_many_tokens_tiles_and_channel_chunks():
         torch.testing.assert_close(out, cpu_render(g, f, (20, 35), box, lengths), rtol=2e-5, atol=2e-5)
 
 
-@needs_emu
+@pytest.mark.emulated
 @pytest.mark.parametrize("dtype,C", [(torch.float64, 3), (torch.float32, 20), (torch.bfloat16, 3)])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_emulated_backward_matches_reference(dtype, C, normalize):
@@ -178,7 +173,7 @@ def test_emulated_backward_matches_reference(dtype, C, normalize):
     assert (dg[1, 7:] == 0).all() and (df[1, 7:] == 0).all()
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_backward_channel_chunks_and_no_cutoff():
     g, f = make_inputs(1, 4, 40, torch.float64, sigma=(0.2, 0.5))
     size = (9, 7)
@@ -189,7 +184,7 @@ def test_emulated_backward_channel_chunks_and_no_cutoff():
     torch.testing.assert_close(df, ef, rtol=1e-9, atol=1e-9)
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_emulated_gradients_bitwise_repeatable():
     g, f = make_inputs(2, 6, 5, torch.float32, sigma=(0.1, 0.5))
     grad = torch.randn(2, 5, 12, 10)
@@ -207,7 +202,7 @@ def one_token(sx, sy, rho, mx, my, f, dtype=torch.float32):
     return g, torch.tensor([[f]], dtype=dtype)
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu", pytest.param("emulated", marks=needs_emu)])
+@pytest.mark.parametrize("impl", ["reference", "cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
 def test_centre_pixel_is_exactly_f(impl):
     # W = 9: x_j = j/4 - 1, so mu = 0.25 is pixel j = 5 exactly; H = 5: y_i = i/2 - 1, mu_y = 0.5 is i = 3.
     g, f = one_token(0.3, 0.2, 0.4, 0.25, 0.5, [1.7, -0.3])
@@ -217,7 +212,7 @@ def test_centre_pixel_is_exactly_f(impl):
     assert (out[0, 0] < 1.7).sum() == out[0, 0].numel() - 1
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu", pytest.param("emulated", marks=needs_emu)])
+@pytest.mark.parametrize("impl", ["reference", "cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
 def test_box_edge_is_inclusive(impl):
     # W = H = 9: x_j = j/4 - 1 (exact); sigma = 0.25, s = 3: the box reaches |dx| = 0.75 exactly (pixels 1..7).
     g, f = one_token(0.25, 0.25, 0.0, 0.0, 0.0, [1.0])
@@ -231,7 +226,7 @@ def test_box_edge_is_inclusive(impl):
     assert out2[4, 1] == 0 and out2[4, 7] == 0 and out2[4, 2] > 0
 
 
-@pytest.mark.parametrize("impl", ["cpu", pytest.param("emulated", marks=needs_emu)])
+@pytest.mark.parametrize("impl", ["cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
 def test_rho_positive_elongates_down_right(impl):
     render = {"cpu": cpu_render, "emulated": emu_render}[impl]
     g, f = one_token(0.3, 0.3, 0.6, 0.0, 0.0, [1.0])
@@ -243,7 +238,7 @@ def test_rho_positive_elongates_down_right(impl):
     torch.testing.assert_close(out, out.flip(0).flip(1))
 
 
-@pytest.mark.parametrize("impl", ["cpu", pytest.param("emulated", marks=needs_emu)])
+@pytest.mark.parametrize("impl", ["cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
 def test_swap_axes_transposes(impl):
     render = {"cpu": cpu_render, "emulated": emu_render}[impl]
     g, f = make_inputs(2, 8, 3, torch.float64)
@@ -253,7 +248,7 @@ def test_swap_axes_transposes(impl):
     torch.testing.assert_close(b, a.transpose(2, 3), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["cpu", pytest.param("emulated", marks=needs_emu)])
+@pytest.mark.parametrize("impl", ["cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
 def test_batch_equals_per_image(impl):
     render = {"cpu": cpu_render, "emulated": emu_render}[impl]
     g, f = make_inputs(3, 9, 4, torch.float32)
@@ -270,7 +265,7 @@ def test_token_permutation_invariance(normalize):
                                cpu_render(g, f, (15, 14), normalize=normalize), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpu", pytest.param("emulated", marks=needs_emu)])
+@pytest.mark.parametrize("impl", ["reference", "cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_lengths_equal_truncated_renders(impl, normalize):
     render = {"reference": ref.render, "cpu": cpu_render, "emulated": emu_render}[impl]
@@ -396,7 +391,7 @@ def test_bad_input():
         torch.ops.imtok_cuda.splat_render_backward(torch.zeros(2, 3, 8, 8), g, f, None, 8, 8, 3.0, None, True)
 
 
-@needs_emu
+@pytest.mark.emulated
 def test_bad_input_emulated():
     g, f = make_inputs(2, 4, 3, torch.float32)
     with pytest.raises(ValueError, match="features"):

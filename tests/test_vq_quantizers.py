@@ -2,7 +2,6 @@
 nn modules. Reference (imtok_cuda.reference.vq_quantizers) vs CPU kernel vs emulated CUDA kernel."""
 import ctypes
 import ctypes.util
-import math
 import os
 import socket
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import imtok_cuda
 from imtok_cuda import vq
 from imtok_cuda.reference import vq_quantizers as R
 
@@ -18,14 +16,6 @@ OPS = torch.ops.imtok_cuda
 HAS_GPU = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LEVELS = [[8, 8, 8, 5, 5, 5], [7, 5, 3], [8, 6, 5], [2, 2, 2, 2], [3], [16, 16], [4] * 15]
-
-
-@pytest.fixture
-def emu_ops():
-    """torch.ops.imtok_cuda_emu: the CUDA kernels executed on CPU threads (emulated)."""
-    if not imtok_cuda.emulation_available():
-        pytest.skip("built without IMTOK_EMULATE_CUDA=1")
-    return torch.ops.imtok_cuda_emu
 
 
 @pytest.fixture(autouse=True)
@@ -60,10 +50,10 @@ def test_fsq_cpu_matches_anchor_exactly(levels, dtype):
 @pytest.mark.parametrize("levels", LEVELS[:4])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [0, 1, 37, 300])
-def test_fsq_emulated_matches_reference(emu_ops, levels, dtype, n):
+def test_fsq_emulated_matches_reference(emu, levels, dtype, n):
     z = _fsq_input(n, levels, dtype)
     rc, ri = R.fsq(z, levels)
-    ec, ei = emu_ops.vq_fsq(z, levels)
+    ec, ei = emu.vq_fsq(z, levels)
     cc, ci = OPS.vq_fsq(z, levels)
     assert torch.equal(ec, rc) and torch.equal(ei, ri)
     assert torch.equal(cc, ec) and torch.equal(ci, ei)
@@ -89,12 +79,12 @@ def test_fsq_bf16_input_keeps_all_codes():
 
 
 @pytest.mark.parametrize("levels", [[8, 8, 8, 5, 5, 5], [7, 5, 3], [5, 4]])
-def test_fsq_indices_round_trip(levels, emu_ops):
+def test_fsq_indices_round_trip(levels, emu):
     size = vq.fsq_codebook_size(levels)
     all_idx = torch.arange(size)
     codes = vq.fsq_indices_to_codes(all_idx, levels)
     assert torch.equal(codes, R.anchor_fsq_indices_to_codes(all_idx, levels).float())
-    assert torch.equal(emu_ops.vq_fsq_indices_to_codes(all_idx[:300].int(), levels), codes[:300])
+    assert torch.equal(emu.vq_fsq_indices_to_codes(all_idx[:300].int(), levels), codes[:300])
     # codes are fixed points of the quantizer's index map: codes -> (bound^-1) -> fsq -> same index
     z = torch.randn(5000, len(levels)) * 3
     c, i = vq.fsq(z, levels)
@@ -172,11 +162,11 @@ def _libm_fsq_grad(g, z, levels):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fsq_backward_emulated(dtype, emu_ops):
+def test_fsq_backward_emulated(dtype, emu):
     levels = [8, 8, 8, 5, 5, 5]
     z = _fsq_input(513, levels, dtype, 1.5)
     g = torch.randn(513, 6)
-    assert torch.equal(emu_ops.vq_fsq_backward(g, z, levels), _libm_fsq_grad(g, z, levels))
+    assert torch.equal(emu.vq_fsq_backward(g, z, levels), _libm_fsq_grad(g, z, levels))
 
 
 def test_fsq_gradcheck():
@@ -243,11 +233,11 @@ def test_fsq_bad_input():
         vq.fsq_indices_to_codes(torch.tensor([0.0]), [8, 5])
 
 
-def test_fsq_bad_input_emulated(emu_ops):
+def test_fsq_bad_input_emulated(emu):
     with pytest.raises(ValueError, match="z.shape"):
-        emu_ops.vq_fsq(torch.randn(4, 3), [8, 5])
+        emu.vq_fsq(torch.randn(4, 3), [8, 5])
     with pytest.raises(ValueError, match="indices"):
-        emu_ops.vq_fsq_indices_to_codes(torch.tensor([-1]), [8, 5])
+        emu.vq_fsq_indices_to_codes(torch.tensor([-1]), [8, 5])
 
 
 # ================================================ LFQ / BSQ ================================================
@@ -255,7 +245,7 @@ def test_fsq_bad_input_emulated(emu_ops):
 
 @pytest.mark.parametrize("spherical", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_lfq_matches_reference(spherical, dtype, emu_ops):
+def test_lfq_matches_reference(spherical, dtype, emu):
     x = torch.randn(301, 10).to(dtype)
     x[0, :3] = 0.0
     q, idx, xu = vq.lfq_quantize(x, scale=1.5, spherical=spherical)
@@ -264,7 +254,7 @@ def test_lfq_matches_reference(spherical, dtype, emu_ops):
     assert torch.equal(idx, ridx)
     assert torch.equal(q, rq)
     v = R.lfq_value(10, 1.5, spherical)
-    eq, eidx = emu_ops.vq_lfq(xu, v)
+    eq, eidx = emu.vq_lfq(xu, v)
     cq, cidx = OPS.vq_lfq(xu, v)
     assert torch.equal(eidx, ridx) and torch.equal(cidx, ridx)
     assert torch.equal(eq, cq) and torch.equal(cq, torch.where(xu > 0, v, -v).float())
@@ -380,11 +370,11 @@ def test_binary_train_straight_through():
 
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("n,k", [(0, 5), (1, 1), (1000, 37), (513, 4096)])
-def test_code_counts(itype, n, k, emu_ops):
+def test_code_counts(itype, n, k, emu):
     idx = torch.randint(0, k, (n,), dtype=itype)
     ref = R.code_counts(idx, k)
     assert torch.equal(vq.code_counts(idx, k), ref)
-    assert torch.equal(emu_ops.vq_code_counts(idx, k), ref)
+    assert torch.equal(emu.vq_code_counts(idx, k), ref)
     assert torch.equal(vq.code_counts(idx.reshape(-1, 1) if n else idx, k), ref)
 
 
@@ -395,8 +385,8 @@ def test_perplexity():
     assert vq.perplexity(torch.zeros(3, dtype=torch.long)).item() == 1.0
 
 
-def test_counts_bad_input(emu_ops):
-    for ops in (OPS, emu_ops):
+def test_counts_bad_input(emu):
+    for ops in (OPS, emu):
         with pytest.raises(ValueError, match="indices must be in"):
             ops.vq_code_counts(torch.tensor([0, 5]), 5)
         with pytest.raises(ValueError, match="indices must be in"):
@@ -409,7 +399,7 @@ def test_counts_bad_input(emu_ops):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,d", [(0, 4, 3), (1, 1, 1), (200, 7, 8), (333, 64, 5)])
-def test_ema_stats_reference_cpu_emulated(dtype, n, k, d, emu_ops):
+def test_ema_stats_reference_cpu_emulated(dtype, n, k, d, emu):
     x = torch.randn(n, d).to(dtype)
     idx = torch.randint(0, k, (n,))
     if n > 10:
@@ -421,17 +411,17 @@ def test_ema_stats_reference_cpu_emulated(dtype, n, k, d, emu_ops):
     assert sums.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sums, ro, rtol=1e-5, atol=1e-5)
-    ec, es = emu_ops.vq_ema_stats(x, idx.int(), k)
+    ec, es = emu.vq_ema_stats(x, idx.int(), k)
     assert torch.equal(ec, counts) and torch.equal(es, sums)  # same order of additions: bit-identical
 
 
-def test_ema_stats_deterministic_and_order_defined(emu_ops):
+def test_ema_stats_deterministic_and_order_defined(emu):
     x = torch.randn(1000, 4) * torch.logspace(-4, 4, 1000)[:, None]
     idx = torch.randint(0, 3, (1000,))
     a = vq.ema_stats(x, idx, 3)[1]
     for _ in range(3):
         assert torch.equal(vq.ema_stats(x, idx, 3)[1], a)
-    assert torch.equal(emu_ops.vq_ema_stats(x, idx, 3)[1], a)
+    assert torch.equal(emu.vq_ema_stats(x, idx, 3)[1], a)
     # per code, rows are added in increasing row order
     seq = torch.zeros(3, 4)
     for i in range(1000):
@@ -439,13 +429,13 @@ def test_ema_stats_deterministic_and_order_defined(emu_ops):
     assert torch.equal(a, seq)
 
 
-def test_ema_stats_non_contiguous_opcheck_and_bad_input(emu_ops):
+def test_ema_stats_non_contiguous_opcheck_and_bad_input(emu):
     x = torch.randn(8, 50).t()
     idx = torch.randint(0, 6, (50,))
     torch.testing.assert_close(vq.ema_stats(x, idx, 6)[1], R.ema_stats(x.contiguous(), idx, 6)[1])
     torch.library.opcheck(OPS.vq_ema_stats.default, (torch.randn(30, 3), torch.randint(0, 5, (30,)), 5))
     torch.library.opcheck(OPS.vq_code_counts.default, (torch.randint(0, 5, (30,)), 5))
-    for ops in (OPS, emu_ops):
+    for ops in (OPS, emu):
         with pytest.raises(ValueError, match="indices.shape"):
             ops.vq_ema_stats(torch.randn(5, 3), torch.zeros(4, dtype=torch.long), 2)
         with pytest.raises(ValueError, match="indices must be in"):
@@ -803,9 +793,7 @@ def test_ema_update_more_dead_codes_than_rows_and_bad_input():
 try:
     from hypothesis import given, settings, strategies as st
 
-    _needs_emu = pytest.mark.skipif(not imtok_cuda.emulation_available(), reason="built without IMTOK_EMULATE_CUDA=1")
-
-    @_needs_emu
+    @pytest.mark.emulated
     @settings(max_examples=25, deadline=None)
     @given(levels=st.lists(st.integers(2, 9), min_size=1, max_size=6), n=st.integers(0, 70),
            scale=st.floats(0.1, 8.0), seed=st.integers(0, 2**16))
@@ -819,7 +807,7 @@ try:
         assert torch.equal(ec, c) and torch.equal(ei, i)
         assert torch.equal(vq.fsq_indices_to_codes(i, levels), c)
 
-    @_needs_emu
+    @pytest.mark.emulated
     @settings(max_examples=20, deadline=None)
     @given(n=st.integers(0, 200), k=st.integers(1, 50), d=st.integers(1, 5), seed=st.integers(0, 2**16))
     def test_ema_stats_hypothesis_emulated(n, k, d, seed):
