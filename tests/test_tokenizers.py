@@ -1,6 +1,5 @@
 """Discrete tokenizers (imtok.tokenizers): API, registry, fused == reference, gradients, the anchors' STE and loss
 conventions restated independently, save/load, per-sample lengths, input checks. Tiny configs only."""
-import json
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.nn.functional as F
 
 import imtok
 import imtok.tokenizers as T
+from _tokenizer_checks import assert_save_load_round_trip
 from imtok.layers.quantize import VectorQuantize
 from imtok.tokenizers.titok import TiTokConfig
 
@@ -290,17 +290,7 @@ def test_save_load_round_trip_bit_exact(kind, tmp_path):
     tok = make(perturbation={"alpha": 1.0, "beta": 0.1, "delta": 4})
     tok.train()
     tok(images(2, size))  # moves the perturbation step counter
-    tok.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["family"] == tok.family
-    loaded = T.Tokenizer.from_pretrained(tmp_path)
-    assert type(loaded) is type(tok) and loaded.config == tok.config
-    sd, sd2 = tok.state_dict(), loaded.state_dict()
-    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    tok.eval(), loaded.eval()
-    x = images(2, size)
-    with torch.no_grad():
-        assert torch.equal(tok(x)[0], loaded(x)[0])
+    assert_save_load_round_trip(tok, tmp_path, x=images(2, size))
     assert type(type(tok).from_pretrained(tmp_path)) is type(tok)
 
 

@@ -1,6 +1,5 @@
 """Binary 1D tokenizer (Instella-T2I bits on TiTok's ViT): the quantizer's conventions restated, fused ==
 reference, gradients, per-sample lengths == separate calls, save/load, input checks. Tiny configs."""
-import json
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.nn.functional as F
 
 import imtok
 import imtok.tokenizers as T
+from _tokenizer_checks import assert_save_load_round_trip
 from imtok.layers.quantize import BinaryQuantize
 from imtok.tokenizers.binary import BinaryTokenizerConfig
 
@@ -98,17 +98,9 @@ def test_per_sample_lengths_equal_separate_calls(reference):
 
 def test_save_load_round_trip_bit_exact(tmp_path):
     tok = tiny_binary(binary_temperature=0.7)
-    tok.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["family"] == "binary"
-    loaded = T.Tokenizer.from_pretrained(tmp_path)
-    assert type(loaded) is T.BinaryTokenizer and loaded.config == tok.config
-    assert loaded.quantize.temperature == 0.7
-    sd, sd2 = tok.state_dict(), loaded.state_dict()
-    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    x = images(2)
-    tok.eval(), loaded.eval()
-    with torch.no_grad():
-        assert torch.equal(tok(x)[0], loaded(x)[0])
+    assert tok.family == "binary"
+    loaded = assert_save_load_round_trip(tok, tmp_path, x=images(2))
+    assert type(loaded) is T.BinaryTokenizer and loaded.quantize.temperature == 0.7
 
 
 def test_bad_input_names_the_argument():
