@@ -7,8 +7,8 @@ Rows
   d12-d12 (the smallest published size; d18 sizes do not fit this VM's memory and time for a train step),
   B = 8 at 256 px (quick: flextok-tiny / flextok-tiny-flow, B = 8 at 32 px);
 - the mask target: the encoder's attention at the published shapes (d12: 12 heads, d18: 18 heads, 256 patches
-  + 256 registers, head dim 64, B = 8), forward and forward + backward, as imtok's two calls on the same q, k, v
-  (`causal_after`) vs F.scaled_dot_product_attention with the [L, L] boolean mask; and the whole d12 encoder
+  + 256 registers, head dim 64, B = 8), forward and forward + backward, as imtok's one fused call (causal with
+  `causal_prefix` = 256) vs F.scaled_dot_product_attention with the [L, L] boolean mask; and the whole d12 encoder
   (forward, and forward + backward) with either attention.
 Fused and reference (or SDPA) calls are interleaved on the same inputs (benchmarks/_common.compare). Peak memory on CPU is the resident-set high-water mark: run with MALLOC_MMAP_THRESHOLD_=65536
 so that glibc maps and unmaps every large buffer (with its default dynamic threshold, freed buffers are reused
@@ -98,14 +98,14 @@ def _mask_rows(label, batch, heads, P, R, device, warmup, reps, head_dim=64):
 
     def ours():
         with torch.no_grad():
-            return _attention_module.attention(q, k, v, causal_after=P)
+            return _attention_module.attention(q, k, v, causal=True, causal_prefix=P)
 
     def sdpa():
         with torch.no_grad():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(P, L, device))
 
     def ours_bwd():
-        return torch.autograd.grad(_attention_module.attention(q, k, v, causal_after=P), (q, k, v), grad)
+        return torch.autograd.grad(_attention_module.attention(q, k, v, causal=True, causal_prefix=P), (q, k, v), grad)
 
     def sdpa_bwd():
         return torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(P, L, device)),
@@ -118,11 +118,11 @@ def _mask_rows(label, batch, heads, P, R, device, warmup, reps, head_dim=64):
                  reps, note)]
 
 
-def _dense_mask_attention(q, k, v, *, causal_after=None, **kwargs):
+def _dense_mask_attention(q, k, v, *, causal_prefix=0, **kwargs):
     """imtok.layers.attention with the prefix-LM mask given to SDPA as an explicit boolean mask."""
-    if causal_after is None:
+    if not causal_prefix:
         return _ORIGINAL_ATTENTION(q, k, v, **kwargs)
-    mask = _mask(int(causal_after), q.shape[2], q.device)
+    mask = _mask(int(causal_prefix), q.shape[2], q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=kwargs.get("scale"))
 
 

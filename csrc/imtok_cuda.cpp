@@ -82,18 +82,19 @@ void define_schemas(torch::Library& m) {
 
   // ---- attention --------------------------------------------------------------------------------------
   // Softmax attention with key bias / key keep-mask / causal (bottom-right) / packed sequences (cu_seqlens) and
-  // side outputs computed from the LSE without an Nq x Nk matrix. lse is always returned (backward needs it);
+  // side outputs computed from the LSE without an Nq x Nk matrix. causal_prefix = P (with causal): the first P
+  // keys are seen by every query as well (a prefix-LM mask). lse is always returned (backward needs it);
   // cls_attn / col_sum are [B, H, Nk] when requested, empty otherwise. lse, cls_attn, col_sum are float32
   // (float64 for float64 inputs). col_sum_end = -1: up to the last query.
   m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_bias=None, Tensor? key_mask=None, "
         "bool causal=False, float? scale=None, bool return_cls_attn=False, bool return_col_sum=False, "
-        "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None) "
+        "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None, int causal_prefix=0) "
         "-> (Tensor out, Tensor lse, Tensor cls_attn, Tensor col_sum)");
   // Gradients of out (and of lse when grad_lse is given) w.r.t. q, k, v and key_bias (empty unless
   // need_bias_grad). Deterministic: no atomics, fixed reduction order.
   m.def("attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor? key_bias=None, Tensor? key_mask=None, bool causal=False, float? scale=None, "
-        "Tensor? cu_seqlens=None, bool need_bias_grad=False) "
+        "Tensor? cu_seqlens=None, bool need_bias_grad=False, int causal_prefix=0) "
         "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)");
 
 }
@@ -108,11 +109,11 @@ TORCH_LIBRARY(imtok_cuda_emu, m) {
   // test-only: the SIMT twins of the tensor-core forward and backward for fp16 / bf16 (same contracts)
   m.def("attention_forward_simt(Tensor q, Tensor k, Tensor v, Tensor? key_bias=None, Tensor? key_mask=None, "
         "bool causal=False, float? scale=None, bool return_cls_attn=False, bool return_col_sum=False, "
-        "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None) "
+        "int col_sum_start=0, int col_sum_end=-1, Tensor? cu_seqlens=None, int causal_prefix=0) "
         "-> (Tensor out, Tensor lse, Tensor cls_attn, Tensor col_sum)");
   m.def("attention_backward_simt(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor? key_bias=None, Tensor? key_mask=None, bool causal=False, float? scale=None, "
-        "Tensor? cu_seqlens=None, bool need_bias_grad=False) "
+        "Tensor? cu_seqlens=None, bool need_bias_grad=False, int causal_prefix=0) "
         "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dkey_bias)");
 }
 #endif

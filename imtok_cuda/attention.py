@@ -20,7 +20,9 @@ Conventions (identical to imtok_cuda.reference.attention, the specification):
   products, as FlashAttention does: |out - fp32 math| <= u max|v| + 1 ulp (u = 2^-11 fp16, 2^-8 bf16); lse and
   the side outputs stay fp32. key_bias [B, Nk] float (any float dtype), key_mask [B, Nk] bool, True = keep.
 - causal with Nq != Nk is aligned to the bottom-right (FlashAttention >= 2.1): query i sees keys
-  j <= i + Nk - Nq.
+  j <= i + Nk - Nq. causal_prefix=P (with causal) also shows the first P keys to every query: a prefix-LM mask;
+  with Nq == Nk it is FlexTok's "causal_last" (the first P tokens attend to one another, token i >= P to every
+  key j <= i), in one call and without an Nq x Nk mask; blocks of keys a query cannot see are skipped.
 - A query that sees no key (all masked) gets out = 0, lse = -inf, probabilities 0 (no NaN).
 - Non-finite data, the same on every path (CPU row and blocked paths, CUDA SIMT and tensor-core kernels, the
   reference): a key is masked when key_mask is False, beyond the causal limit or when key_bias is -inf, and
@@ -116,6 +118,16 @@ def _check(q, k, v, key_bias, key_mask, cu_seqlens):
             )
 
 
+def _check_prefix(causal, causal_prefix):
+    causal_prefix = as_int(causal_prefix, "causal_prefix")
+    if causal_prefix < 0:
+        raise ValueError(f"causal_prefix must be >= 0, got {causal_prefix}")
+    if causal_prefix and not causal:
+        raise ValueError(f"causal_prefix needs causal=True (it widens the causal mask), got causal_prefix "
+                         f"{causal_prefix} with causal=False")
+    return causal_prefix
+
+
 def _col_args(col_sum_queries):
     if col_sum_queries is None:
         return 0, -1
@@ -140,6 +152,7 @@ def attention(
     return_col_sum=False,
     col_sum_queries=None,
     cu_seqlens=None,
+    causal_prefix=0,
 ):
     """Softmax attention softmax(scale q k^T + key_bias, masked) v without the Nq x Nk matrix.
 
@@ -148,6 +161,7 @@ def attention(
         key_bias: optional [B, Nk] additive per-key bias (e.g. log token sizes for proportional attention).
         key_mask: optional [B, Nk] bool, True = the key takes part.
         causal: bottom-right aligned causal mask.
+        causal_prefix: with causal, the number of leading keys every query sees (prefix-LM mask; 0 = plain causal).
         scale: score scale, default 1 / sqrt(d).
         return_lse / return_cls_attn / return_col_sum: request side outputs.
         col_sum_queries: (start, end) query range of the column sums (end None = all; per sequence when packed).
@@ -160,22 +174,23 @@ def attention(
     start, end = _col_args(col_sum_queries)
     if scale is not None:
         scale = as_float(scale, "scale")
+    causal = as_bool(causal, "causal")
+    causal_prefix = _check_prefix(causal, causal_prefix)
     out, lse, cls, col = torch.ops.imtok_cuda.attention_forward(
-        q, k, v, key_bias, key_mask, as_bool(causal, "causal"), scale, as_bool(return_cls_attn, "return_cls_attn"),
-        as_bool(return_col_sum, "return_col_sum"), start, end,
-        cu_seqlens,
+        q, k, v, key_bias, key_mask, causal, scale, as_bool(return_cls_attn, "return_cls_attn"),
+        as_bool(return_col_sum, "return_col_sum"), start, end, cu_seqlens, causal_prefix,
     )
     return pack_outputs(out, lse, cls, col, return_lse, return_cls_attn, return_col_sum)
 
 
 def attention_with_side_outputs(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, cls_attn=True,
-                                col_sum=True, lse=True, col_sum_queries=None, cu_seqlens=None):
+                                col_sum=True, lse=True, col_sum_queries=None, cu_seqlens=None, causal_prefix=0):
     """attention() that always returns AttentionOutputs; by default with lse, the CLS row (per head and head
     mean) and the column sums (per head and head mean). This is the hook token-reduction modules call in place
     of `softmax(q k^T) v` + probability post-processing: one pass, O(N d) extra memory."""
     res = attention(
         q, k, v, key_bias, key_mask, causal, scale, return_lse=lse, return_cls_attn=cls_attn,
-        return_col_sum=col_sum, col_sum_queries=col_sum_queries, cu_seqlens=cu_seqlens,
+        return_col_sum=col_sum, col_sum_queries=col_sum_queries, cu_seqlens=cu_seqlens, causal_prefix=causal_prefix,
     )
     if isinstance(res, torch.Tensor):
         return AttentionOutputs(res, None, None, None, None, None)
@@ -212,7 +227,7 @@ def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens):
+def _fake_problem(q, k, v, key_bias, key_mask, causal, causal_prefix, scale, cu_seqlens):
     """csrc/attention/attention_common.h check_problem restated (shapes and dtypes; cu_seqlens values are checked
     by the kernels' launchers)."""
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
@@ -238,6 +253,8 @@ def _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens):
         fcheck_dtype(key_mask, torch.bool, "key_mask")
         fcheck(key_mask.shape[0] == B, lambda: "key_mask.shape[0] must be %s, got shape %s" % (B, tuple(key_mask.shape)))
         fcheck(key_mask.shape[1] == Nk, lambda: "key_mask.shape[1] must be %s, got shape %s" % (Nk, tuple(key_mask.shape)))
+    fcheck(causal_prefix >= 0, lambda: "causal_prefix must be >= 0, got %s" % causal_prefix)
+    fcheck(causal or causal_prefix == 0, "causal_prefix needs causal=True (it widens the causal mask)")
     if scale is not None:
         fcheck(math.isfinite(scale), lambda: "scale must be finite, got %s" % scale)
     if cu_seqlens is not None:
@@ -250,8 +267,8 @@ def _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens):
 
 @register_fake("attention_forward")
 def _forward_fake(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, return_cls_attn=False,
-                  return_col_sum=False, col_sum_start=0, col_sum_end=-1, cu_seqlens=None):
-    _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens)
+                  return_col_sum=False, col_sum_start=0, col_sum_end=-1, cu_seqlens=None, causal_prefix=0):
+    _fake_problem(q, k, v, key_bias, key_mask, causal, causal_prefix, scale, cu_seqlens)
     fcheck(col_sum_start >= 0, lambda: "col_sum_start must be >= 0, got %s" % col_sum_start)
     fcheck(col_sum_end >= -1, lambda: "col_sum_end must be >= 0 (or -1 for all queries), got %s" % col_sum_end)
     B, H, Nq, d = q.shape
@@ -266,8 +283,8 @@ def _forward_fake(q, k, v, key_bias=None, key_mask=None, causal=False, scale=Non
 
 @register_fake("attention_backward")
 def _backward_fake(grad_out, grad_lse, q, k, v, out, lse, key_bias=None, key_mask=None, causal=False, scale=None,
-                   cu_seqlens=None, need_bias_grad=False):
-    _fake_problem(q, k, v, key_bias, key_mask, scale, cu_seqlens)
+                   cu_seqlens=None, need_bias_grad=False, causal_prefix=0):
+    _fake_problem(q, k, v, key_bias, key_mask, causal, causal_prefix, scale, cu_seqlens)
     fcheck(tuple(grad_out.shape) == tuple(q.shape), lambda: "grad_out must have the shape of q")
     fcheck(tuple(out.shape) == tuple(q.shape), lambda: "out must have the shape of q")
     fcheck(not need_bias_grad or key_bias is not None, "need_bias_grad requires key_bias")
@@ -277,10 +294,11 @@ def _backward_fake(grad_out, grad_lse, q, k, v, out, lse, key_bias=None, key_mas
 
 # ---- autograd --------------------------------------------------------------------------------------------------
 def _setup(ctx, inputs, output):
-    q, k, v, key_bias, key_mask, causal, scale, _, _, _, _, cu_seqlens = inputs
+    q, k, v, key_bias, key_mask, causal, scale, _, _, _, _, cu_seqlens, causal_prefix = inputs
     out, lse, cls, col = output
     ctx.mark_non_differentiable(cls, col)
     ctx.causal = causal
+    ctx.causal_prefix = causal_prefix
     ctx.scale = scale
     ctx.has_bias = key_bias is not None
     ctx.has_mask = key_mask is not None
@@ -296,9 +314,9 @@ def _backward(ops, ctx, grad_out, grad_lse, grad_cls, grad_col):
     dq, dk, dv, dbias = ops.attention_backward(
         grad_out, grad_lse, q, k, v, out, lse,
         key_bias if ctx.has_bias else None, key_mask if ctx.has_mask else None, ctx.causal, ctx.scale,
-        cu_seqlens if ctx.has_cu else None, need_bias,
+        cu_seqlens if ctx.has_cu else None, need_bias, ctx.causal_prefix,
     )
-    return (dq, dk, dv, dbias if need_bias else None) + (None,) * 8
+    return (dq, dk, dv, dbias if need_bias else None) + (None,) * 9
 
 
 register_autograd("attention_forward", _backward, _setup)

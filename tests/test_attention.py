@@ -35,10 +35,10 @@ def assert_same_inf(a, b):
     assert not torch.isnan(a).any()
 
 
-def check_forward(ops, q, k, v, kb, km, causal, scale=None, cols=None, cu=None, tol=None):
+def check_forward(ops, q, k, v, kb, km, causal, scale=None, cols=None, cu=None, tol=None, prefix=0):
     start, end = (0, -1) if cols is None else (cols[0], -1 if cols[1] is None else cols[1])
-    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, scale, True, True, start, end, cu)
-    r = ref.attention(q, k, v, kb, km, causal, scale, True, True, True, cols, cu)
+    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, scale, True, True, start, end, cu, prefix)
+    r = ref.attention(q, k, v, kb, km, causal, scale, True, True, True, cols, cu, prefix)
     if tol is None:
         tol = 1e-12 if q.dtype == torch.float64 else 2e-5
     assert out.dtype == q.dtype and out.shape == q.shape
@@ -236,7 +236,7 @@ def test_tensor_core_forward_matches_reference(emu, dtype, Nq, Nk, d, bias, mask
         assert not torch.equal(out, s_out)
 
 
-def explicit_backward(q, k, v, kb, km, causal, out, lse, go):
+def explicit_backward(q, k, v, kb, km, causal, out, lse, go, prefix=0):
     """dq, dk, dv, per-key dbias and the |.|-products that bound the rounding of P and dS, in fp64 from the
     same half inputs and the kernel's own out and lse (so only the backward's arithmetic is compared)."""
     q, k, v, out, go, lse = (t.double() for t in (q, k, v, out, go, lse))
@@ -249,7 +249,7 @@ def explicit_backward(q, k, v, kb, km, causal, out, lse, go):
         keep &= km[:, None, None, :]
     if causal:
         Nq, Nk = s.shape[-2:]
-        keep &= torch.ones(Nq, Nk, dtype=torch.bool).tril(Nk - Nq)
+        keep &= torch.ones(Nq, Nk, dtype=torch.bool).tril(Nk - Nq) | (torch.arange(Nk) < prefix)
     p = torch.where(keep & torch.isfinite(lse)[..., None], torch.exp(s - lse[..., None]), torch.zeros_like(s))
     D = (go * out).sum(-1, keepdim=True)
     ds = p * (go @ v.transpose(-1, -2) - D)
@@ -289,13 +289,13 @@ def test_tensor_core_backward_matches_reference(emu, dtype, Nq, Nk, d, bias, mas
         assert not torch.equal(got[1], simt[1])
 
 
-def assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go):
+def assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go, prefix=0):
     """Tensor-core backward (fp16 / bf16) against the fp64 explicit backward, element-wise bounds."""
     dtype = q.dtype
     got = [g.cpu() for g in got]
     q, k, v, out, lse, go = (t.cpu() for t in (q, k, v, out, lse, go))
     kb, km = (None if t is None else t.cpu() for t in (kb, km))
-    (rdq, rdk, rdv, rdb), bounds, noise, mass = explicit_backward(q, k, v, kb, km, causal, out, lse, go)
+    (rdq, rdk, rdv, rdb), bounds, noise, mass = explicit_backward(q, k, v, kb, km, causal, out, lse, go, prefix)
     # P and dS are rounded to the input type before their products (u relative each, as in FlashAttention),
     # and dq, dk, dv are returned in the input type (u relative); fp32 arithmetic adds ~1e-6 of `noise`
     u = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -8
@@ -346,9 +346,9 @@ def test_noncontiguous_inputs(impl, request):
 
 
 # ---- backward ------------------------------------------------------------------------------------------------
-def ref_grads(q, k, v, kb, km, causal, go, glse, cu=None):
+def ref_grads(q, k, v, kb, km, causal, go, glse, cu=None, prefix=0):
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, kb)]
-    r = ref.attention(*leaves[:3], leaves[3], km, causal, None, True, cu_seqlens=cu)
+    r = ref.attention(*leaves[:3], leaves[3], km, causal, None, True, cu_seqlens=cu, causal_prefix=prefix)
     lse = torch.where(torch.isfinite(r.lse), r.lse, torch.zeros_like(r.lse))
     loss = (r.out * go).sum() + (lse * glse).sum()
     return torch.autograd.grad(loss, leaves)
@@ -619,15 +619,201 @@ def test_emulated_bad_input(emu):
         emu.attention_forward(q, q, q, cu_seqlens=torch.tensor([0, 2, 1, 3], dtype=torch.int32))
 
 
+# ---- causal_prefix: the prefix-LM mask (FlexTok's causal_last) -------------------------------------------------
+def prefix_lm_keep(nq, nk, prefix):
+    """The dense boolean mask: query i sees key j iff j <= i + (nk - nq) or j < prefix."""
+    i, j = torch.arange(nq)[:, None], torch.arange(nk)[None, :]
+    return (j <= i + (nk - nq)) | (j < prefix)
+
+
+# (Nq, Nk, d, bias, mask, prefix): FlexTok's square case, the prefix inside a 64-query block and across blocks,
+# Nq > Nk (queries that plain causal leaves empty see the prefix), Nq < Nk (decoding after a prefix), prefix 0
+# (plain causal) and prefix >= Nk (no mask)
+PREFIX_CASES = [
+    (17, 17, 8, False, False, 12),
+    (13, 13, 8, True, True, 5),
+    (7, 5, 16, False, True, 3),
+    (5, 9, 33, True, False, 7),
+    (9, 9, 4, True, True, 0),
+    (6, 6, 8, False, False, 20),
+    (130, 130, 16, True, True, 70),
+]
+
+
+def test_reference_prefix_is_the_dense_boolean_mask():
+    """The reference against SDPA given the mask explicitly (an independent statement of the same mask)."""
+    q, k, v, _, _ = make(2, 3, 21, 21, 8, seed=20)
+    for P in (0, 1, 9, 21, 40):
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=prefix_lm_keep(21, 21, P))
+        torch.testing.assert_close(ref.attention(q, k, v, causal=True, causal_prefix=P), want)
+    q, k, v, _, _ = make(1, 2, 6, 15, 8, seed=21)  # fewer queries than keys
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=prefix_lm_keep(6, 15, 4))
+    torch.testing.assert_close(ref.attention(q, k, v, causal=True, causal_prefix=4), want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("Nq,Nk,d,bias,mask,prefix", PREFIX_CASES)
+def test_causal_prefix_matches_reference(impl, request, dtype, Nq, Nk, d, bias, mask, prefix):
+    ops = ops_for(impl, request)
+    q, k, v, kb, km = make(2, 2, Nq, Nk, d, dtype, bias, mask, seed=22)
+    if km is not None:
+        km[:, 0] = True
+    out, lse, _, _ = check_forward(ops, q, k, v, kb, km, True, cols=(2, None), prefix=prefix)
+    go = torch.randn_like(out)
+    glse = torch.where(torch.isfinite(lse), torch.randn_like(lse), torch.zeros_like(lse))
+    got = ops.attention_backward(go, glse, q, k, v, out, lse, kb, km, True, None, None, bias, prefix)
+    if kb is None:
+        kb = torch.zeros(2, Nk, dtype=dtype)
+    want = ref_grads(q, k, v, kb, km, True, go, glse, prefix=prefix)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for a, b in zip(got[:3], want[:3]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    if bias:
+        torch.testing.assert_close(got[3], want[3], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_causal_prefix_edges_are_causal_and_unmasked(impl, request):
+    """prefix 0 is plain causal and prefix >= Nk no mask at all: the same numbers, bit for bit."""
+    ops = ops_for(impl, request)
+    q, k, v, kb, km = make(2, 2, 70, 70, 8, torch.float32, bias=True, mask=True, seed=23)
+    for prefix, causal in ((0, True), (70, False), (500, False)):
+        got = ops.attention_forward(q, k, v, kb, km, True, None, True, True, 0, -1, None, prefix)
+        want = ops.attention_forward(q, k, v, kb, km, causal, None, True, True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        go = torch.randn_like(got[0])
+        gb = ops.attention_backward(go, None, q, k, v, got[0], got[1], kb, km, True, None, None, True, prefix)
+        wb = ops.attention_backward(go, None, q, k, v, want[0], want[1], kb, km, causal, None, None, True)
+        for a, b in zip(gb, wb):
+            assert torch.equal(a, b)
+
+
+def test_cpu_causal_prefix_every_path():
+    """The CPU paths the cases above do not reach: >= 32 (batch, head) items (forward with fused side outputs,
+    one-pass backward), keys beyond one online-softmax chunk (Nk > 1024), and the separate CLS / column-sum
+    kernels."""
+    ops = torch.ops.imtok_cuda
+    q, k, v, kb, km = make(4, 8, 130, 130, 8, torch.float64, bias=True, mask=True, seed=24)
+    km[:, 0] = True
+    out, lse, _, _ = check_forward(ops, q, k, v, kb, km, True, cols=(3, 100), prefix=70)
+    go = torch.randn_like(out)
+    got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, True, None, None, True, 70)
+    want = ref_grads(q, k, v, kb, km, True, go, torch.zeros_like(lse), prefix=70)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    q, k, v, kb, km = make(1, 2, 1100, 1100, 8, torch.float32, bias=True, mask=True, seed=25)
+    check_forward(ops, q, k, v, kb, km, True, cols=(3, 900), tol=5e-5, prefix=600)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_causal_prefix_packed_equals_separate_calls(impl, request):
+    """With cu_seqlens the prefix applies to each sequence (images of one size packed with their registers)."""
+    ops = ops_for(impl, request)
+    lens = [9, 0, 14, 3]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    T = int(cu[-1])
+    q, k, v, kb, km = make(1, 2, T, T, 16, torch.float64, bias=True, mask=True, seed=26)
+    out, lse, cls, col = check_forward(ops, q, k, v, kb, km, True, cols=(1, None), cu=cu, prefix=5)
+    go = torch.randn_like(out)
+    dq, dk, dv, db = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, True, None, cu, True, 5)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if a == b:
+            continue
+        sl = slice(a, b)
+        o_s, l_s, c_s, s_s = ops.attention_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], kb[:, sl], km[:, sl], True,
+                                                   None, True, True, 1, -1, None, 5)
+        for full, part in zip((out, cls, col), (o_s, c_s, s_s)):
+            torch.testing.assert_close(full[:, :, sl], part, rtol=1e-12, atol=1e-12)
+        g = ops.attention_backward(go[:, :, sl], None, q[:, :, sl], k[:, :, sl], v[:, :, sl], o_s, l_s, kb[:, sl],
+                                   km[:, sl], True, None, None, True, 5)
+        for full, part in zip((dq, dk, dv), g[:3]):
+            torch.testing.assert_close(full[:, :, sl], part, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(db[:, sl], g[3], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Nq,Nk,d,prefix", [(130, 130, 64, 70), (70, 40, 33, 20), (40, 200, 128, 150)])
+def test_tensor_core_causal_prefix(emu, dtype, Nq, Nk, d, prefix):
+    """The tensor-core forward, column sums and backward with a prefix, against the reference / the fp64
+    explicit backward with the same element-wise bounds as without one."""
+    q, k, v, kb, km = make(1, 2, Nq, Nk, d, dtype, bias=True, mask=True, seed=27)
+    km[:, 0] = True
+    out, lse, cls, col = emu.attention_forward(q, k, v, kb, km, True, None, True, True, 0, -1, None, prefix)
+    r = ref.attention(q, k, v, kb, km, True, None, True, True, True, causal_prefix=prefix)
+    torch.testing.assert_close(out.float(), r.out.float(), rtol=0, atol=tensor_core_atol(v, dtype))
+    assert_same_inf(lse, r.lse)
+    fin = torch.isfinite(r.lse)
+    torch.testing.assert_close(lse[fin], r.lse[fin], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cls, r.cls_attn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(col, r.col_sum, rtol=1e-5, atol=1e-4)
+    go = torch.randn(q.shape, generator=torch.Generator().manual_seed(28)).to(dtype)
+    got = emu.attention_backward(go, None, q, k, v, out, lse, kb, km, True, None, None, True, prefix)
+    assert_half_backward_within_bounds(got, q, k, v, kb, km, True, out, lse, go, prefix)
+    s_out = emu.attention_forward_simt(q, k, v, kb, km, True, None, False, False, 0, -1, None, prefix)[0]
+    torch.testing.assert_close(out.float(), s_out.float(), rtol=0, atol=2 * tensor_core_atol(v, dtype))
+
+
+def test_causal_prefix_gradcheck_opcheck_compile():
+    q, k, v, kb, km = make(1, 2, 7, 7, 3, torch.float64, bias=True, mask=True, seed=29)
+    km[:, -1] = True
+    args = [t.requires_grad_(True) for t in (q, k, v, kb)]
+
+    def f(q, k, v, kb):
+        r = A.attention(q, k, v, kb, km, True, None, return_lse=True, causal_prefix=4)
+        return r.out, torch.where(torch.isfinite(r.lse), r.lse, torch.zeros_like(r.lse))
+
+    assert torch.autograd.gradcheck(f, args)
+    torch.library.opcheck(torch.ops.imtok_cuda.attention_forward.default, (q, k, v, kb, km, True), {"causal_prefix": 4})
+    with torch.no_grad():
+        out, lse, _, _ = torch.ops.imtok_cuda.attention_forward(q, k, v, kb, km, True, causal_prefix=4)
+    torch.library.opcheck(torch.ops.imtok_cuda.attention_backward.default,
+                          (torch.randn_like(out), None, q.detach(), k.detach(), v.detach(), out, lse, kb.detach(), km,
+                           True, None, None, True, 4))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def g(q, k, v, kb):
+        return A.attention(q, k, v, kb, km, causal=True, causal_prefix=4).sum()
+
+    g(*args).backward()
+    want = torch.autograd.grad(A.attention(*args, km, causal=True, causal_prefix=4).sum(), args)
+    for t, w in zip(args, want):
+        torch.testing.assert_close(t.grad, w)
+
+
+def test_causal_prefix_bad_input(request):
+    q, k, v, _, _ = make(1, 1, 4, 4, 8, torch.float32)
+    ops = [torch.ops.imtok_cuda]
+    if imtok_cuda.emulation_available():
+        ops.append(request.getfixturevalue("emu"))
+    with pytest.raises(ValueError, match="causal_prefix must be >= 0"):
+        A.attention(q, k, v, causal=True, causal_prefix=-1)
+    with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
+        A.attention(q, k, v, causal_prefix=2)
+    for o in ops:
+        with pytest.raises(ValueError, match="causal_prefix must be >= 0"):
+            o.attention_forward(q, k, v, None, None, True, causal_prefix=-1)
+        with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
+            o.attention_forward(q, k, v, causal_prefix=2)
+        out, lse, _, _ = o.attention_forward(q, k, v)
+        with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
+            o.attention_backward(out, None, q, k, v, out, lse, causal_prefix=2)
+
+
 # ---- real GPU ---------------------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("Nq,Nk,d,bias,mask,causal", CASES + [(197, 197, 64, True, True, False), (300, 577, 128, False, True, True)])
+@pytest.mark.parametrize("Nq,Nk,d,bias,mask,causal", CASES + [
+    (197, 197, 64, True, True, False), (300, 577, 128, False, True, True),
+    (512, 512, 64, False, True, 256)])  # an int: causal with that causal_prefix (FlexTok's encoder shape)
 def test_cuda_matches_reference(dtype, Nq, Nk, d, bias, mask, causal):
     q, k, v, kb, km = make(2, 3, Nq, Nk, d, dtype, bias, mask, device="cuda")
     ops = torch.ops.imtok_cuda
-    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, None, True, True)
-    r = ref.attention(q, k, v, kb, km, causal, None, True, True, True)
+    prefix = 0 if isinstance(causal, bool) else causal
+    causal = bool(causal)
+    out, lse, cls, col = ops.attention_forward(q, k, v, kb, km, causal, None, True, True, 0, -1, None, prefix)
+    r = ref.attention(q, k, v, kb, km, causal, None, True, True, True, causal_prefix=prefix)
     if dtype in (torch.float16, torch.bfloat16):  # tensor cores (sm_80+)
         torch.testing.assert_close(out.float(), r.out.float(), rtol=0, atol=tensor_core_atol(v, dtype))
     else:
@@ -637,13 +823,13 @@ def test_cuda_matches_reference(dtype, Nq, Nk, d, bias, mask, causal):
     torch.testing.assert_close(col, r.col_sum, rtol=1e-4, atol=1e-3)
     if dtype in (torch.float16, torch.bfloat16) and Nq > 0 and Nk > 0:  # tensor-core backward (sm_80+)
         go = torch.randn_like(out)
-        got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)
-        assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go)
+        got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None, prefix)
+        assert_half_backward_within_bounds(got, q, k, v, kb, km, causal, out, lse, go, prefix)
     if dtype in (torch.float32, torch.float64) and Nq > 0 and Nk > 0:
         go = torch.randn_like(out)
-        got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None)
+        got = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, None, kb is not None, prefix)
         cpu = torch.ops.imtok_cuda.attention_backward(
             go.cpu(), None, q.cpu(), k.cpu(), v.cpu(), out.cpu(), lse.cpu(), None if kb is None else kb.cpu(),
-            None if km is None else km.cpu(), causal, None, None, kb is not None)
+            None if km is None else km.cpu(), causal, None, None, kb is not None, prefix)
         for a, b in zip(got, cpu):
             torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-4)

@@ -55,16 +55,14 @@ def test_registry_names_and_published_sizes():
 
 # ---- the causal_last mask -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("reference", [False, True])
-def test_causal_after_equals_dense_boolean_mask(reference):
+def test_causal_prefix_equals_dense_boolean_mask(reference):
     torch.manual_seed(0)
     B, H, P, R, d = 2, 3, 12, 5, 8
     q, k, v = (torch.randn(B, H, P + R, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=prefix_lm_mask(P, P + R))
     with imtok.use_reference(reference):
-        got = attention(q, k, v, causal_after=P)
+        got = attention(q, k, v, causal=True, causal_prefix=P)
     torch.testing.assert_close(got, want)
-    with torch.no_grad(), imtok.use_reference(reference):  # the no-gradient path (SDPA for the prefix)
-        torch.testing.assert_close(attention(q, k, v, causal_after=P), want.detach())
     g = torch.randn_like(want)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
         torch.testing.assert_close(a, b)
@@ -72,9 +70,9 @@ def test_causal_after_equals_dense_boolean_mask(reference):
     keep[:, 0] = True
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=prefix_lm_mask(P, P + R) & keep[:, None, None, :])
     with imtok.use_reference(reference):
-        torch.testing.assert_close(attention(q, k, v, causal_after=P, key_mask=keep), want)
-    with pytest.raises(ValueError, match="causal_after"):
-        attention(q, k, v, causal_after=P, causal=True)
+        torch.testing.assert_close(attention(q, k, v, causal=True, causal_prefix=P, key_mask=keep), want)
+    with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
+        attention(q, k, v, causal_prefix=P)
 
 
 def test_encoder_registers_see_patches_and_earlier_registers_only():

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "attention/attention_mask.h"
 #include "common/limits.h"
 
 namespace imtok {
@@ -29,7 +30,7 @@ struct Segment {
 struct Problem {
   int64_t B = 0, H = 0, Nq = 0, Nk = 0, d = 0;
   double scale = 1.0;
-  bool causal = false;
+  CausalMask causal;
   bool packed = false;
   std::vector<Segment> segs;
   int64_t max_nq = 0, max_nk = 0;
@@ -38,7 +39,8 @@ struct Problem {
 
 inline Problem check_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask,
-                             bool causal, c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens) {
+                             bool causal, int64_t causal_prefix, c10::optional<double> scale,
+                             const c10::optional<at::Tensor>& cu_seqlens) {
   check_dim(q, 4, "q");
   check_dim(k, 4, "k");
   check_dim(v, 4, "v");
@@ -84,7 +86,10 @@ inline Problem check_problem(const at::Tensor& q, const at::Tensor& k, const at:
   } else {
     p.scale = 1.0 / std::sqrt(static_cast<double>(p.d));
   }
-  p.causal = causal;
+  TORCH_CHECK_VALUE(causal_prefix >= 0, "causal_prefix must be >= 0, got ", causal_prefix);
+  TORCH_CHECK_VALUE(causal || causal_prefix == 0, "causal_prefix needs causal=True (it widens the causal mask), got "
+                    "causal_prefix ", causal_prefix, " with causal=False");
+  p.causal = CausalMask{causal, causal_prefix};
   p.acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (cu_seqlens.has_value()) {
     const at::Tensor& cu = *cu_seqlens;

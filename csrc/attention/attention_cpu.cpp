@@ -50,12 +50,6 @@ inline void ptx(const T* P, const T* X, int64_t M, int64_t n, int64_t d, T alpha
   gemm<T>(NT, TT, d, n, M, alpha, X, d, P, n, T(1), G, d);
 }
 
-// Keys visible to query row i (segment-local) of a segment with nq queries and nk keys.
-inline int64_t visible_keys(bool causal, int64_t i, int64_t nq, int64_t nk) {
-  if (!causal) return nk;
-  return std::max<int64_t>(0, std::min<int64_t>(nk, i + (nk - nq) + 1));
-}
-
 // Work items (segment, head, block), blocks innermost: a thread's consecutive items share the head's K / V
 // (or Q / dO) in cache.
 struct Task {
@@ -109,7 +103,7 @@ void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, in
   std::fill(O, O + M * d, T(0));
   std::fill(m, m + M, rowk::neg_inf<T>());
   std::fill(l, l + M, T(0));
-  const int64_t kend = visible_keys(p.causal, q0 + M - 1, sg.nq, sg.nk);
+  const int64_t kend = p.causal.visible(q0 + M - 1, sg.nq, sg.nk);
   int64_t last_n = 0;
   for (int64_t k0 = 0; k0 < kend; k0 += chunk) {
     const int64_t n = std::min(chunk, kend - k0);
@@ -118,7 +112,7 @@ void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, in
     for (int64_t r = 0; r < M; ++r) {
       T* srow = Sp + r * n;
       const int64_t nvalid =
-          std::max<int64_t>(0, std::min<int64_t>(n, visible_keys(p.causal, q0 + r, sg.nq, sg.nk) - k0));
+          std::max<int64_t>(0, std::min<int64_t>(n, p.causal.visible(q0 + r, sg.nq, sg.nk) - k0));
       if (std::isnan(l[r])) {  // poisoned by an earlier chunk
         std::fill(srow, srow + n, T(0));
         continue;
@@ -166,14 +160,14 @@ void forward_block(const Problem& p, const Tensors<T>& in, const Segment& sg, in
     const T inv = T(1) / l[0];
     for (int64_t j = 0; j < last_n; ++j) crow[j] = Sp[j] * inv;
   } else if (cls && q0 == 0 && M > 0 && std::isnan(l[0])) {
-    rowk::poisoned_probs<T>(add, visible_keys(p.causal, 0, sg.nq, sg.nk), sg.nk, cls + bh * Nk + sg.ko, false);
+    rowk::poisoned_probs<T>(add, p.causal.visible(0, sg.nq, sg.nk), sg.nk, cls + bh * Nk + sg.ko, false);
   }
   if (col) {
     T* c = col + bh * Nk + sg.ko;
     const int64_t r0 = std::max<int64_t>(col_lo - q0, 0), r1 = std::min<int64_t>(col_hi - q0, M);
     for (int64_t r = r0; r < r1; ++r) {
       if (std::isnan(l[r])) {
-        rowk::poisoned_probs<T>(add, visible_keys(p.causal, q0 + r, sg.nq, sg.nk), sg.nk, c, true);
+        rowk::poisoned_probs<T>(add, p.causal.visible(q0 + r, sg.nq, sg.nk), sg.nk, c, true);
         continue;
       }
       if (!(l[r] > T(0))) continue;
@@ -238,7 +232,7 @@ void cls_kernel(const Problem& p, const Tensors<T>& in, const T* lse, T* cls) {
       const int64_t h = it % H, bh = sg.b * H + h;
       T* row = cls + bh * Nk + sg.ko;
       const T l0 = sg.nq > 0 ? lse[bh * Nq + sg.qo] : rowk::neg_inf<T>();
-      const int64_t nvalid = visible_keys(p.causal, 0, sg.nq, sg.nk);
+      const int64_t nvalid = p.causal.visible(0, sg.nq, sg.nk);
       const T* add = in.add ? in.add + sg.b * Nk + sg.ko : nullptr;
       if (std::isnan(l0)) {  // poisoned CLS row
         rowk::poisoned_probs<T>(add, nvalid, sg.nk, row, false);
@@ -279,7 +273,7 @@ void colsum_kernel(const Problem& p, const Tensors<T>& in, const T* lse, int64_t
       std::fill(c, c + nkb, T(0));
       int64_t lo, hi;
       col_range(start, end, sg.nq, &lo, &hi);
-      if (p.causal) lo = std::max<int64_t>(lo, k0 - (sg.nk - sg.nq));  // earlier queries see none of these keys
+      lo = std::max<int64_t>(lo, p.causal.first_query(k0, sg.nq, sg.nk));  // earlier queries see none of these keys
       const T* K = in.k + (bh * Nk + sg.ko + k0) * d;
       const T* add = in.add ? in.add + sg.b * Nk + sg.ko + k0 : nullptr;
       for (int64_t i0 = lo; i0 < hi; i0 += kQueryChunk) {
@@ -289,7 +283,7 @@ void colsum_kernel(const Problem& p, const Tensors<T>& in, const T* lse, int64_t
         for (int64_t r = 0; r < nqc; ++r) {
           const T l = lse[bh * Nq + sg.qo + i0 + r];
           const int64_t nvalid =
-              std::max<int64_t>(0, std::min<int64_t>(nkb, visible_keys(p.causal, i0 + r, sg.nq, sg.nk) - k0));
+              std::max<int64_t>(0, std::min<int64_t>(nkb, p.causal.visible(i0 + r, sg.nq, sg.nk) - k0));
           if (std::isnan(l)) {  // a poisoned query row: NaN into every column it sees
             rowk::poisoned_probs<T>(add, nvalid, nkb, c, true);
             continue;
@@ -327,14 +321,14 @@ void backward_dq_kernel(const Problem& p, const Tensors<T>& in, const T* dout, c
       const T* add = in.add ? in.add + sg.b * Nk + sg.ko : nullptr;
       T* dQ = dq + row0 * d;
       std::fill(dQ, dQ + M * d, T(0));
-      const int64_t kend = visible_keys(p.causal, q0 + M - 1, sg.nq, sg.nk);
+      const int64_t kend = p.causal.visible(q0 + M - 1, sg.nq, sg.nk);
       for (int64_t k0 = 0; k0 < kend; k0 += kKeyChunk) {
         const int64_t n = std::min(kKeyChunk, kend - k0);
         scores<T>(Q, K + k0 * d, M, n, d, scale, S.data());
         scores<T>(dO, V + k0 * d, M, n, d, T(1), dP.data());
         for (int64_t r = 0; r < M; ++r) {
           const int64_t nvalid = std::max<int64_t>(
-              0, std::min<int64_t>(n, visible_keys(p.causal, q0 + r, sg.nq, sg.nk) - k0));
+              0, std::min<int64_t>(n, p.causal.visible(q0 + r, sg.nq, sg.nk) - k0));
           rowk::softmax_grad<T>(S.data() + r * n, nullptr, dP.data() + r * n, add ? add + k0 : nullptr, nvalid,
                                 n, lse[row0 + r], Dv[row0 + r]);
         }
@@ -370,7 +364,7 @@ void backward_dkv_kernel(const Problem& p, const Tensors<T>& in, const T* dout, 
       std::fill(dK, dK + nkb * d, T(0));
       std::fill(dV, dV + nkb * d, T(0));
       if (dB) std::fill(dB, dB + nkb, T(0));
-      const int64_t lo = p.causal ? std::max<int64_t>(0, k0 - (sg.nk - sg.nq)) : 0;
+      const int64_t lo = p.causal.first_query(k0, sg.nq, sg.nk);
       for (int64_t i0 = lo; i0 < sg.nq; i0 += kQueryChunk) {
         const int64_t nqc = std::min(kQueryChunk, sg.nq - i0);
         const int64_t row0 = bh * Nq + sg.qo + i0;
@@ -380,7 +374,7 @@ void backward_dkv_kernel(const Problem& p, const Tensors<T>& in, const T* dout, 
         scores<T>(dO, V, nqc, nkb, d, T(1), dP.data());
         for (int64_t r = 0; r < nqc; ++r) {
           const int64_t nvalid =
-              std::max<int64_t>(0, std::min<int64_t>(nkb, visible_keys(p.causal, i0 + r, sg.nq, sg.nk) - k0));
+              std::max<int64_t>(0, std::min<int64_t>(nkb, p.causal.visible(i0 + r, sg.nq, sg.nk) - k0));
           rowk::softmax_grad<T>(S.data() + r * nkb, P.data() + r * nkb, dP.data() + r * nkb, add, nvalid, nkb,
                                 lse[row0 + r], Dv[row0 + r]);
         }
@@ -427,14 +421,14 @@ void backward_single_pass_kernel(const Problem& p, const Tensors<T>& in, const T
         const T* dO = dout + row0 * d;
         T* dQ = dq + row0 * d;
         std::fill(dQ, dQ + M * d, T(0));
-        const int64_t kend = visible_keys(p.causal, q0 + M - 1, sg.nq, sg.nk);
+        const int64_t kend = p.causal.visible(q0 + M - 1, sg.nq, sg.nk);
         for (int64_t k0 = 0; k0 < kend; k0 += chunk) {
           const int64_t n = std::min(chunk, kend - k0);
           scores<T>(Q, K + k0 * d, M, n, d, scale, S.data());
           scores<T>(dO, V + k0 * d, M, n, d, T(1), dP.data());
           for (int64_t r = 0; r < M; ++r) {
             const int64_t nvalid =
-                std::max<int64_t>(0, std::min<int64_t>(n, visible_keys(p.causal, q0 + r, sg.nq, sg.nk) - k0));
+                std::max<int64_t>(0, std::min<int64_t>(n, p.causal.visible(q0 + r, sg.nq, sg.nk) - k0));
             rowk::softmax_grad<T>(S.data() + r * n, P.data() + r * n, dP.data() + r * n, add ? add + k0 : nullptr,
                                   nvalid, n, lse[row0 + r], Dv[row0 + r]);
           }
@@ -467,9 +461,10 @@ Tensors<T> make_tensors(const at::Tensor& q, const at::Tensor& k, const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& key_bias,
     const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
-    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
+    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens,
+    int64_t causal_prefix) {
   check_device_type(q, c10::DeviceType::CPU, "q");
-  const Problem p = check_problem(q, k, v, key_bias, key_mask, causal, scale, cu_seqlens);
+  const Problem p = check_problem(q, k, v, key_bias, key_mask, causal, causal_prefix, scale, cu_seqlens);
   check_col_range(col_sum_start, col_sum_end);
   const auto acc = p.acc_dtype;
   const auto opts = q.options().dtype(acc);
@@ -496,9 +491,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& key_bias,
     const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale,
-    const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
+    const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad, int64_t causal_prefix) {
   check_device_type(q, c10::DeviceType::CPU, "q");
-  const Problem p = check_problem(q, k, v, key_bias, key_mask, causal, scale, cu_seqlens);
+  const Problem p = check_problem(q, k, v, key_bias, key_mask, causal, causal_prefix, scale, cu_seqlens);
   check_backward_inputs(p, q, grad_out, grad_lse, out, lse);
   TORCH_CHECK_VALUE(!need_bias_grad || key_bias.has_value(), "need_bias_grad requires key_bias");
   const auto acc = p.acc_dtype;

@@ -107,7 +107,7 @@ inline bool tc_kernel_usable(Kernel kern, size_t smem, const at::Tensor& like) {
 // The tensor-core forward for fp16 / bf16 (out, lse); false, launching nothing, for other types or devices.
 template <typename scalar_t, typename acc_t, typename Stream>
 bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
-                       const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, bool causal, at::Tensor& out,
+                       const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, at::Tensor& out,
                        at::Tensor& lse, Stream stream) {
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
     const size_t smem = tc_layout(d).bytes;
@@ -116,7 +116,7 @@ bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     allow_smem(kern, smem);
     IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem, stream,
                  q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk,
-                 d, sc, causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
+                 d, sc, p.causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
     return true;
   } else {
     return false;
@@ -127,15 +127,15 @@ bool launch_forward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 // other types or devices.
 template <typename scalar_t, typename acc_t, typename Stream>
 bool launch_colsum_tc(const at::Tensor& q, const at::Tensor& k, const acc_t* addp, const int64_t* sp, int64_t ns,
-                      const Problem& p, int d, acc_t sc, bool causal, const at::Tensor& lse, int64_t start,
-                      int64_t end, at::Tensor& col, Stream stream) {
+                      const Problem& p, int d, acc_t sc, const at::Tensor& lse, int64_t start, int64_t end,
+                      at::Tensor& col, Stream stream) {
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
     const size_t smem = colsum_tc_smem(d);
     auto kern = attn_colsum_tc_kernel<scalar_t>;
     if (!tc_kernel_usable(kern, smem, q)) return false;
     allow_smem(kern, smem);
     IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kTcBN)), dim3(kTcThreads), smem, stream,
-                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
+                 q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, p.causal,
                  lse.data_ptr<acc_t>(), start, end, col.data_ptr<acc_t>());
     return true;
   } else {
@@ -148,8 +148,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& key_bias,
     const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
     bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens,
-    bool tensor_cores) {
-  const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, scale, cu_seqlens);
+    int64_t causal_prefix, bool tensor_cores) {
+  const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, causal_prefix, scale,
+                                                    cu_seqlens);
   imtok::attention::check_col_range(col_sum_start, col_sum_end);
   check_grid(p);
   IMTOK_DEVICE_GUARD(q_in);
@@ -169,29 +170,28 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const acc_t sc = static_cast<acc_t>(p.scale);
     const acc_t* addp = opt_ptr<acc_t>(add);
     const int64_t* sp = segs.data_ptr<int64_t>();
-    const bool on_tc = tensor_cores && launch_forward_tc<scalar_t>(q, k, v, addp, sp, ns, p, d, sc, causal, out, lse,
-                                                                    stream);
+    const bool on_tc = tensor_cores && launch_forward_tc<scalar_t>(q, k, v, addp, sp, ns, p, d, sc, out, lse, stream);
     if (!on_tc) {
       const size_t smem = ((kBM + 2 * kBN) * ld + kBM * kBN + 3 * kBM) * sizeof(acc_t);
       auto kern = attn_fwd_kernel<scalar_t, acc_t>;
       allow_smem(kern, smem);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kBM)), dim3(kThreads), smem, stream,
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
-                   p.Nk, d, sc, causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
+                   p.Nk, d, sc, p.causal, out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
     }
     if (return_cls_attn) {
       auto kern = attn_cls_kernel<scalar_t, acc_t>;
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kThreads)), dim3(kThreads), 0, stream,
-                   q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
+                   q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, p.causal,
                    lse.data_ptr<acc_t>(), cls.data_ptr<acc_t>());
     }
-    if (return_col_sum && !(on_tc && launch_colsum_tc<scalar_t>(q, k, addp, sp, ns, p, d, sc, causal, lse,
+    if (return_col_sum && !(on_tc && launch_colsum_tc<scalar_t>(q, k, addp, sp, ns, p, d, sc, lse,
                                                                   col_sum_start, col_sum_end, col, stream))) {
       const size_t smem = ((kBN + kBM) * ld + kBM * kBN + kBM) * sizeof(acc_t);
       auto kern = attn_colsum_kernel<scalar_t, acc_t>;
       allow_smem(kern, smem);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kBN)), dim3(kThreads), smem, stream,
-                   q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, causal,
+                   q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq, p.Nk, d, sc, p.causal,
                    lse.data_ptr<acc_t>(), col_sum_start, col_sum_end, col.data_ptr<acc_t>());
     }
   });
@@ -201,25 +201,27 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& key_bias,
     const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
-    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
+    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens,
+    int64_t causal_prefix) {
   return forward_impl(q, k, v, key_bias, key_mask, causal, scale, return_cls_attn, return_col_sum, col_sum_start,
-                      col_sum_end, cu_seqlens, /*tensor_cores=*/true);
+                      col_sum_end, cu_seqlens, causal_prefix, /*tensor_cores=*/true);
 }
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_simt(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& key_bias,
     const c10::optional<at::Tensor>& key_mask, bool causal, c10::optional<double> scale, bool return_cls_attn,
-    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens) {
+    bool return_col_sum, int64_t col_sum_start, int64_t col_sum_end, const c10::optional<at::Tensor>& cu_seqlens,
+    int64_t causal_prefix) {
   return forward_impl(q, k, v, key_bias, key_mask, causal, scale, return_cls_attn, return_col_sum, col_sum_start,
-                      col_sum_end, cu_seqlens, /*tensor_cores=*/false);
+                      col_sum_end, cu_seqlens, causal_prefix, /*tensor_cores=*/false);
 }
 
 // The tensor-core dq and dk/dv kernels for fp16 / bf16 where both are usable (tc_kernel_usable); false,
 // launching nothing, otherwise.
 template <typename scalar_t, typename acc_t, typename Stream>
 bool launch_backward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const acc_t* addp,
-                        const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, bool causal,
-                        const at::Tensor& dout, const at::Tensor& lse, const at::Tensor& Dv, at::Tensor& dq,
-                        at::Tensor& dk, at::Tensor& dv, acc_t* dbp, Stream stream) {
+                        const int64_t* sp, int64_t ns, const Problem& p, int d, acc_t sc, const at::Tensor& dout,
+                        const at::Tensor& lse, const at::Tensor& Dv, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                        acc_t* dbp, Stream stream) {
   if constexpr (std::is_same<scalar_t, at::Half>::value || std::is_same<scalar_t, at::BFloat16>::value) {
     const size_t smem_dq = tc_bwd_layout(d, false).bytes, smem_dkv = tc_bwd_layout(d, true).bytes;
     if (!tc_kernel_usable(attn_bwd_dq_tc_kernel<scalar_t>, smem_dq, q) ||
@@ -230,7 +232,7 @@ bool launch_backward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tens
       allow_smem(kern, smem_dq);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kTcBM)), dim3(kTcThreads), smem_dq, stream,
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
-                   p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
+                   p.Nk, d, sc, p.causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
                    dq.data_ptr<acc_t>());
     }
     {
@@ -238,7 +240,7 @@ bool launch_backward_tc(const at::Tensor& q, const at::Tensor& k, const at::Tens
       allow_smem(kern, smem_dkv);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kTcBN)), dim3(kTcThreads), smem_dkv, stream,
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
-                   p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
+                   p.Nk, d, sc, p.causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
                    dk.data_ptr<acc_t>(), dv.data_ptr<acc_t>(), dbp);
     }
     return true;
@@ -253,8 +255,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse_in,
     const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask, bool causal,
     c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad,
-    bool tensor_cores) {
-  const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, scale, cu_seqlens);
+    int64_t causal_prefix, bool tensor_cores) {
+  const Problem p = imtok::attention::check_problem(q_in, k_in, v_in, key_bias, key_mask, causal, causal_prefix, scale,
+                                                    cu_seqlens);
   imtok::attention::check_backward_inputs(p, q_in, grad_out, grad_lse, out, lse_in);
   TORCH_CHECK_VALUE(!need_bias_grad || key_bias.has_value(), "need_bias_grad requires key_bias");
   check_grid(p);
@@ -282,7 +285,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const acc_t* addp = opt_ptr<acc_t>(add);
     const int64_t* sp = segs.data_ptr<int64_t>();
     acc_t* dbp = need_bias_grad ? dbh.data_ptr<acc_t>() : static_cast<acc_t*>(nullptr);
-    if (tensor_cores && launch_backward_tc<scalar_t>(q, k, v, addp, sp, ns, p, d, sc, causal, dout, lse, Dv, dq, dk,
+    if (tensor_cores && launch_backward_tc<scalar_t>(q, k, v, addp, sp, ns, p, d, sc, dout, lse, Dv, dq, dk,
                                                      dv, dbp, stream))
       return;
     {
@@ -291,7 +294,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
       allow_smem(kern, smem);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nq, kBM)), dim3(kThreads), smem, stream,
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
-                   p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
+                   p.Nk, d, sc, p.causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
                    dq.data_ptr<acc_t>());
     }
     {
@@ -300,7 +303,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
       allow_smem(kern, smem);
       IMTOK_LAUNCH(kern, dim3(ns * p.H, ceil_div(p.max_nk, kBN)), dim3(kThreads), smem, stream,
                    q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), addp, sp, p.H, p.Nq,
-                   p.Nk, d, sc, causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
+                   p.Nk, d, sc, p.causal, dout.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), Dv.data_ptr<acc_t>(),
                    dk.data_ptr<acc_t>(), dv.data_ptr<acc_t>(), dbp);
     }
   });
@@ -313,17 +316,19 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask, bool causal,
-    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
+    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad,
+    int64_t causal_prefix) {
   return backward_impl(grad_out, grad_lse, q, k, v, out, lse, key_bias, key_mask, causal, scale, cu_seqlens,
-                       need_bias_grad, /*tensor_cores=*/true);
+                       need_bias_grad, causal_prefix, /*tensor_cores=*/true);
 }
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_simt(
     const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const c10::optional<at::Tensor>& key_bias, const c10::optional<at::Tensor>& key_mask, bool causal,
-    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad) {
+    c10::optional<double> scale, const c10::optional<at::Tensor>& cu_seqlens, bool need_bias_grad,
+    int64_t causal_prefix) {
   return backward_impl(grad_out, grad_lse, q, k, v, out, lse, key_bias, key_mask, causal, scale, cu_seqlens,
-                       need_bias_grad, /*tensor_cores=*/false);
+                       need_bias_grad, causal_prefix, /*tensor_cores=*/false);
 }
 
 // Registers the launchers on `m` (imtok_cuda for CUDA tensors, imtok_cuda_emu for the emulation). Forward and

@@ -12,15 +12,19 @@
 //   attn_bwd_dkv_kernel one block per key tile, query tiles in a fixed order: dv = P^T dO, dk = scale dS^T Q,
 //                       dbias_h = column sums of dS. No atomics: deterministic.
 // add is the per-key additive term (key_bias, -inf for masked keys) or null. segs holds per segment
-// (b, qo, nq, ko, nk); causal is bottom-right aligned: query i sees keys j <= i + nk - nq.
+// (b, qo, nq, ko, nk); the causal mask (bottom-right aligned, optionally with a prefix) is CausalMask of
+// attention_mask.h.
 #pragma once
 
+#include "attention/attention_mask.h"
 #include "common/device.h"
 #include "common/limits.h"
 
 namespace imtok {
 namespace IMTOK_DEVICE_NS {
 namespace attention {
+
+using imtok::attention::CausalMask;
 
 constexpr int kBM = 16;        // query rows per tile
 constexpr int kBN = 32;        // keys per tile (one warp lane per key)
@@ -76,12 +80,6 @@ struct SegInfo {
 __device__ __forceinline__ SegInfo load_seg(const int64_t* segs, int64_t s) {
   return SegInfo{segs[s * 5 + 0], segs[s * 5 + 1], segs[s * 5 + 2], segs[s * 5 + 3], segs[s * 5 + 4]};
 }
-// number of keys query i (segment-local) can see
-IMTOK_HD int64_t visible(bool causal, int64_t i, int64_t nq, int64_t nk) {
-  if (!causal) return nk;
-  const int64_t v = i + (nk - nq) + 1;
-  return v < 0 ? 0 : (v > nk ? nk : v);
-}
 
 // Stage rows [row0, row0 + rows) (rows <= tile) of a [*, d] matrix into sm[tile][ld], zero padding.
 template <typename acc_t, typename scalar_t, typename SmemT>
@@ -106,7 +104,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     attn_fwd_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
                     const acc_t* __restrict__ add, const int64_t* __restrict__ segs, int64_t H, int64_t Nq,
-                    int64_t Nk, int d, acc_t scale, bool causal, scalar_t* __restrict__ out, acc_t* __restrict__ lse) {
+                    int64_t Nk, int d, acc_t scale, CausalMask causal, scalar_t* __restrict__ out,
+                    acc_t* __restrict__ lse) {
   const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
   const SegInfo sg = load_seg(segs, seg);
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kBM;
@@ -137,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t o[kOutChunks];
   for (int t = 0; t < kOutChunks; ++t) o[t] = 0;
 
-  const int64_t kend = visible(causal, q0 + M - 1, sg.nq, sg.nk);
+  const int64_t kend = causal.visible(q0 + M - 1, sg.nq, sg.nk);
   for (int64_t k0 = 0; k0 < kend; k0 += kBN) {
     const int64_t n = imtok_min<int64_t>(kBN, kend - k0);
     __syncthreads();  // previous tile fully consumed
@@ -147,7 +146,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = tid; e < kBM * kBN; e += kThreads) {
       const int r = e / kBN, j = e % kBN;
       acc_t s = neg_inf_v<acc_t>();
-      if (r < M && j < n && k0 + j < visible(causal, q0 + r, sg.nq, sg.nk) && !masked_key(addb, k0 + j)) {
+      if (r < M && j < n && k0 + j < causal.visible(q0 + r, sg.nq, sg.nk) && !masked_key(addb, k0 + j)) {
         s = dot_smem<acc_t>(sQ, r * ld, sK, j * ld, d) * scale;
         if (addb) s += addb[k0 + j];
       }
@@ -204,7 +203,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     attn_cls_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const acc_t* __restrict__ add,
                     const int64_t* __restrict__ segs, int64_t H, int64_t Nq, int64_t Nk, int d, acc_t scale,
-                    bool causal, const acc_t* __restrict__ lse, acc_t* __restrict__ cls) {
+                    CausalMask causal, const acc_t* __restrict__ lse, acc_t* __restrict__ cls) {
   const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
   const SegInfo sg = load_seg(segs, seg);
   const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -212,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bh = sg.b * H + h;
   const acc_t l0 = sg.nq > 0 ? lse[bh * Nq + sg.qo] : neg_inf_v<acc_t>();
   acc_t p = 0;
-  if (l0 != neg_inf_v<acc_t>() && j < visible(causal, 0, sg.nq, sg.nk) && !masked_key(add, sg.b * Nk + sg.ko + j)) {
+  if (l0 != neg_inf_v<acc_t>() && j < causal.visible(0, sg.nq, sg.nk) && !masked_key(add, sg.b * Nk + sg.ko + j)) {
     const scalar_t* q0 = q + (bh * Nq + sg.qo) * d;
     const scalar_t* kj = k + (bh * Nk + sg.ko + j) * d;
     acc_t s = 0;
@@ -230,8 +229,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     attn_colsum_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                        const acc_t* __restrict__ add, const int64_t* __restrict__ segs, int64_t H, int64_t Nq,
-                       int64_t Nk, int d, acc_t scale, bool causal, const acc_t* __restrict__ lse, int64_t start,
-                       int64_t end, acc_t* __restrict__ col) {
+                       int64_t Nk, int d, acc_t scale, CausalMask causal, const acc_t* __restrict__ lse,
+                       int64_t start, int64_t end, acc_t* __restrict__ col) {
   const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
   const SegInfo sg = load_seg(segs, seg);
   const int64_t k0 = static_cast<int64_t>(blockIdx.y) * kBN;
@@ -247,7 +246,7 @@ __global__ void __launch_bounds__(kThreads)
   stage_rows<acc_t>(sK, k + (bh * Nk + sg.ko + k0) * d, n, kBN, d, ld);
   int64_t hi = end < 0 ? sg.nq : imtok_min<int64_t>(end, sg.nq);
   int64_t lo = imtok_min<int64_t>(start, hi);
-  if (causal) lo = imtok_max<int64_t>(lo, k0 - (sg.nk - sg.nq));
+  lo = imtok_max<int64_t>(lo, causal.first_query(k0, sg.nq, sg.nk));
   const acc_t* addb = add ? add + sg.b * Nk + sg.ko + k0 : nullptr;
   acc_t acc = 0;
   for (int64_t i0 = lo; i0 < hi; i0 += kBM) {
@@ -260,7 +259,7 @@ __global__ void __launch_bounds__(kThreads)
       const int r = e / kBN, j = e % kBN;
       const acc_t l = sLse[r];
       acc_t p = 0;
-      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk) &&
+      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < causal.visible(i0 + r, sg.nq, sg.nk) &&
           !masked_key(addb, j)) {
         acc_t s = dot_smem<acc_t>(sQ, r * ld, sK, j * ld, d) * scale;
         if (addb) s += addb[j];
@@ -281,7 +280,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     attn_bwd_dq_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                        const scalar_t* __restrict__ v, const acc_t* __restrict__ add, const int64_t* __restrict__ segs,
-                       int64_t H, int64_t Nq, int64_t Nk, int d, acc_t scale, bool causal,
+                       int64_t H, int64_t Nq, int64_t Nk, int d, acc_t scale, CausalMask causal,
                        const scalar_t* __restrict__ dout, const acc_t* __restrict__ lse,
                        const acc_t* __restrict__ Dv, acc_t* __restrict__ dq) {
   const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
@@ -311,7 +310,7 @@ __global__ void __launch_bounds__(kThreads)
   const int orow = tid / kOutThreadsPerRow, osub = tid % kOutThreadsPerRow;
   acc_t g[kOutChunks];
   for (int t = 0; t < kOutChunks; ++t) g[t] = 0;
-  const int64_t kend = visible(causal, q0 + M - 1, sg.nq, sg.nk);
+  const int64_t kend = causal.visible(q0 + M - 1, sg.nq, sg.nk);
   for (int64_t k0 = 0; k0 < kend; k0 += kBN) {
     const int64_t n = imtok_min<int64_t>(kBN, kend - k0);
     __syncthreads();
@@ -322,7 +321,7 @@ __global__ void __launch_bounds__(kThreads)
       const int r = e / kBN, j = e % kBN;
       const acc_t l = sLse[r];
       acc_t ds = 0;
-      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < visible(causal, q0 + r, sg.nq, sg.nk)) {
+      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < causal.visible(q0 + r, sg.nq, sg.nk)) {
         acc_t s = dot_smem<acc_t>(sQ, r * ld, sK, j * ld, d) * scale;
         if (addb) s += addb[k0 + j];
         const acc_t p = imtok_exp(s - l);
@@ -355,7 +354,7 @@ __global__ void __launch_bounds__(kThreads)
     attn_bwd_dkv_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                         const scalar_t* __restrict__ v, const acc_t* __restrict__ add,
                         const int64_t* __restrict__ segs, int64_t H, int64_t Nq, int64_t Nk, int d, acc_t scale,
-                        bool causal, const scalar_t* __restrict__ dout, const acc_t* __restrict__ lse,
+                        CausalMask causal, const scalar_t* __restrict__ dout, const acc_t* __restrict__ lse,
                         const acc_t* __restrict__ Dv, acc_t* __restrict__ dk, acc_t* __restrict__ dv,
                         acc_t* __restrict__ dbh) {
   const int64_t seg = blockIdx.x / H, h = blockIdx.x % H;
@@ -380,7 +379,7 @@ __global__ void __launch_bounds__(kThreads)
   const int mj = tid % kBN, grp = tid / kBN;  // this thread's key and channel group
   acc_t gk[kDkvChunks], gv[kDkvChunks], gb = 0;
   for (int t = 0; t < kDkvChunks; ++t) gk[t] = gv[t] = 0;
-  const int64_t lo = causal ? imtok_max<int64_t>(0, k0 - (sg.nk - sg.nq)) : 0;
+  const int64_t lo = causal.first_query(k0, sg.nq, sg.nk);
   for (int64_t i0 = lo; i0 < sg.nq; i0 += kBM) {
     const int64_t M = imtok_min<int64_t>(kBM, sg.nq - i0);
     const int64_t row0 = bh * Nq + sg.qo + i0;
@@ -396,7 +395,7 @@ __global__ void __launch_bounds__(kThreads)
       const int r = e / kBN, j = e % kBN;
       const acc_t l = sLse[r];
       acc_t p = 0, ds = 0;
-      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk)) {
+      if (r < M && j < n && l != neg_inf_v<acc_t>() && k0 + j < causal.visible(i0 + r, sg.nq, sg.nk)) {
         acc_t s = dot_smem<acc_t>(sQ, r * ld, sK, j * ld, d) * scale;
         if (addb) s += addb[j];
         p = imtok_exp(s - l);

@@ -101,8 +101,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kTcThreads)
     attn_fwd_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                        const scalar_t* __restrict__ v, const float* __restrict__ add, const int64_t* __restrict__ segs,
-                       int64_t H, int64_t Nq, int64_t Nk, int d, float scale, bool causal, scalar_t* __restrict__ out,
-                       float* __restrict__ lse) {
+                       int64_t H, int64_t Nq, int64_t Nk, int d, float scale, CausalMask causal,
+                       scalar_t* __restrict__ out, float* __restrict__ lse) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // bf16 tiles need sm_80; the launcher checks the kernel was built for it (tc_kernel_usable)
 #else
@@ -134,11 +134,11 @@ __global__ void __launch_bounds__(kTcThreads)
 
   // the softmax row of this lane pair, and the half of its keys (and of its output columns) this lane takes
   const int r = warp * 16 + lane / 2, half = lane % 2;
-  const int64_t vis = r < M ? visible(causal, q0 + r, sg.nq, sg.nk) : 0;
+  const int64_t vis = r < M ? causal.visible(q0 + r, sg.nq, sg.nk) : 0;
   const int c_lo = half * (L.dp / 2), c_hi = c_lo + L.dp / 2;
   float m_run = -INFINITY, l_run = 0.f;
 
-  const int64_t kend = visible(causal, q0 + M - 1, sg.nq, sg.nk);
+  const int64_t kend = causal.visible(q0 + M - 1, sg.nq, sg.nk);
   for (int64_t k0 = 0; k0 < kend; k0 += kTcBN) {
     const int64_t n = imtok_min<int64_t>(kTcBN, kend - k0);
     if (k0 > 0) __syncthreads();  // the previous K / V tiles are consumed
@@ -209,8 +209,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kTcThreads)
     attn_colsum_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                           const float* __restrict__ add, const int64_t* __restrict__ segs, int64_t H, int64_t Nq,
-                          int64_t Nk, int d, float scale, bool causal, const float* __restrict__ lse, int64_t start,
-                          int64_t end, float* __restrict__ col) {
+                          int64_t Nk, int d, float scale, CausalMask causal, const float* __restrict__ lse,
+                          int64_t start, int64_t end, float* __restrict__ col) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(kTcThreads)
   stage_tile<scalar_t>(sK, Kb, n, kTcBN, d, dp, ldh);
   int64_t hi = end < 0 ? sg.nq : imtok_min<int64_t>(end, sg.nq);
   int64_t lo = imtok_min<int64_t>(start, hi);
-  if (causal) lo = imtok_max<int64_t>(lo, k0 - (sg.nk - sg.nq));
+  lo = imtok_max<int64_t>(lo, causal.first_query(k0, sg.nq, sg.nk));
   const int j = tid % kTcBN, rh = tid / kTcBN;  // this thread's key column and half of the query rows
   const float addj = add && j < n ? add[sg.b * Nk + sg.ko + k0 + j] : 0.f;
   float acc = 0.f;
@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(kTcThreads)
     for (int rr = 0; rr < kTcBM / 2; ++rr) {
       const int r = rh * (kTcBM / 2) + rr;
       const float l = sLse[r];
-      if (r < M && j < n && l != -INFINITY && k0 + j < visible(causal, i0 + r, sg.nq, sg.nk) &&
+      if (r < M && j < n && l != -INFINITY && k0 + j < causal.visible(i0 + r, sg.nq, sg.nk) &&
           addj != -INFINITY)  // a masked key is never read
         acc += imtok_exp(sS[r * lds + j] * scale + addj - l);  // NaN for a poisoned row (lse NaN)
     }
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kTcThreads)
     attn_bwd_dq_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                           const scalar_t* __restrict__ v, const float* __restrict__ add,
                           const int64_t* __restrict__ segs, int64_t H, int64_t Nq, int64_t Nk, int d, float scale,
-                          bool causal, const scalar_t* __restrict__ dout, const float* __restrict__ lse,
+                          CausalMask causal, const scalar_t* __restrict__ dout, const float* __restrict__ lse,
                           const float* __restrict__ Dv, float* __restrict__ dq) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
@@ -367,8 +367,8 @@ __global__ void __launch_bounds__(kTcThreads)
   const float* addb = add ? add + sg.b * Nk + sg.ko : nullptr;
   const int r = warp * 16 + lane / 2, half = lane % 2;  // this lane pair's row, this lane's half of it
   const float l_r = sLse[r], D_r = sD[r];
-  const int64_t vis = r < M && l_r != -INFINITY ? visible(causal, q0 + r, sg.nq, sg.nk) : 0;
-  const int64_t kend = visible(causal, q0 + M - 1, sg.nq, sg.nk);
+  const int64_t vis = r < M && l_r != -INFINITY ? causal.visible(q0 + r, sg.nq, sg.nk) : 0;
+  const int64_t kend = causal.visible(q0 + M - 1, sg.nq, sg.nk);
   for (int64_t k0 = 0; k0 < kend; k0 += kTcBN) {
     const int64_t n = imtok_min<int64_t>(kTcBN, kend - k0);
     if (k0 > 0) __syncthreads();  // the previous K / V tiles are consumed
@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(kTcThreads)
     attn_bwd_dkv_tc_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                            const scalar_t* __restrict__ v, const float* __restrict__ add,
                            const int64_t* __restrict__ segs, int64_t H, int64_t Nq, int64_t Nk, int d, float scale,
-                           bool causal, const scalar_t* __restrict__ dout, const float* __restrict__ lse,
+                           CausalMask causal, const scalar_t* __restrict__ dout, const float* __restrict__ lse,
                            const float* __restrict__ Dv, float* __restrict__ dk, float* __restrict__ dv,
                            float* __restrict__ dbh) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(kTcThreads)
   const int r = warp * 16 + lane / 2, half = lane % 2;  // softmax row (query) of this lane pair
   const int jc = tid % kTcBN, rh = tid / kTcBN;          // dbias: this thread's key and half of the rows
   float gb = 0.f;
-  const int64_t lo = causal ? imtok_max<int64_t>(0, k0 - (sg.nk - sg.nq)) : 0;
+  const int64_t lo = causal.first_query(k0, sg.nq, sg.nk);
   for (int64_t i0 = lo; i0 < sg.nq; i0 += kTcBM) {
     const int64_t M = imtok_min<int64_t>(kTcBM, sg.nq - i0);
     const int64_t row0 = bh * Nq + sg.qo + i0;
@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(kTcThreads)
     warp_gemm_abt<mt>(sdO + (warp * 16) * L.ldh, L.ldh, sV, L.ldh, L.dp, sdP + (warp * 16) * L.lds, L.lds);
     __syncwarp(0xffffffffu);
     const float l_r = sLse[r], D_r = sD[r];
-    const int64_t vis = r < M && l_r != -INFINITY ? visible(causal, i0 + r, sg.nq, sg.nk) : 0;
+    const int64_t vis = r < M && l_r != -INFINITY ? causal.visible(i0 + r, sg.nq, sg.nk) : 0;
     row_probs_and_ds<true, scalar_t>(r, half, n, vis - k0, addb, scale, l_r, D_r, sS, sdP, L.lds, sP, sdS, L.ldp);
     __syncthreads();  // every warp reads the P / dS rows of all warps
     warp_gemm_acc<mt, wm::col_major>(sP + warp * 16, L.ldp, sdO, L.ldh, L.dp, sdV + (warp * 16) * L.ldo,

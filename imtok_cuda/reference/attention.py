@@ -1,14 +1,16 @@
 """Explicit softmax attention: the readable specification of imtok_cuda.attention.
 
     scores[b, h, i, j] = scale * q[b, h, i] . k[b, h, j] + key_bias[b, j]        (scale = 1/sqrt(d) by default)
-    scores[b, h, i, j] = -inf   where key_mask[b, j] is False, or (causal) where j > i + (Nk - Nq)
+    scores[b, h, i, j] = -inf   where key_mask[b, j] is False, or (causal) where j > i + (Nk - Nq) and
+                                j >= causal_prefix
     lse[b, h, i]       = logsumexp_j scores[b, h, i, j]
     p[b, h, i, j]      = exp(scores - lse)
     out[b, h, i]       = sum_j p[b, h, i, j] v[b, h, j]
 
 Conventions
 - causal with Nq != Nk is aligned to the bottom-right corner, as in FlashAttention >= 2.1: query i sees the
-  keys j <= i + (Nk - Nq). With Nq > Nk the first Nq - Nk queries see no key at all.
+  keys j <= i + (Nk - Nq). With Nq > Nk the first Nq - Nk queries see no key at all. causal_prefix = P also
+  shows the first P keys to every query (a prefix-LM mask; FlexTok's "causal_last" with Nq == Nk).
 - A query that sees no key (all keys masked, or causal with Nq > Nk) gets out = 0, lse = -inf and p = 0
   (FlashAttention's convention; a plain softmax would give NaN).
 - Non-finite values (decided once; the CPU and CUDA kernels follow it on every code path):
@@ -47,7 +49,7 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _dense(q, k, v, key_bias, key_mask, causal, scale, col_range):
+def _dense(q, k, v, key_bias, key_mask, causal, causal_prefix, scale):
     """One batch of dense attention in the accumulation dtype. Returns out (acc), lse, p."""
     acc = _acc_dtype(q.dtype)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
@@ -62,7 +64,7 @@ def _dense(q, k, v, key_bias, key_mask, causal, scale, col_range):
     if causal:
         i = torch.arange(nq, device=q.device)[:, None]
         j = torch.arange(nk, device=q.device)[None, :]
-        keep = keep & (j <= i + (nk - nq))
+        keep = keep & ((j <= i + (nk - nq)) | (j < causal_prefix))
     s = s.masked_fill(~keep, float("-inf"))
     poisoned = (torch.isnan(s) | (s == float("inf"))).any(dim=-1)  # NaN / +inf among the visible scores
     lse = torch.logsumexp(s, dim=-1)  # -inf for rows without a key
@@ -76,7 +78,7 @@ def _dense(q, k, v, key_bias, key_mask, causal, scale, col_range):
 
 
 def attention(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, return_lse=False,
-              return_cls_attn=False, return_col_sum=False, col_sum_queries=None, cu_seqlens=None):
+              return_cls_attn=False, return_col_sum=False, col_sum_queries=None, cu_seqlens=None, causal_prefix=0):
     """Reference softmax attention (see the module docstring for every convention).
 
     q [B, H, Nq, d], k and v [B, H, Nk, d]; key_bias [B, Nk] (float), key_mask [B, Nk] (bool, True = keep).
@@ -91,7 +93,7 @@ def attention(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, r
     Nk = k.shape[-2]
 
     if cu_seqlens is None:
-        out, lse, p = _dense(q, k, v, key_bias, key_mask, causal, scale, None)
+        out, lse, p = _dense(q, k, v, key_bias, key_mask, causal, causal_prefix, scale)
         cls = p[:, :, 0, :] if Nq > 0 else torch.zeros(B, H, Nk, dtype=acc, device=q.device)
         e = Nq if end is None else min(end, Nq)
         s0 = min(start, e)
@@ -107,7 +109,7 @@ def attention(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, r
                 continue
             kb = None if key_bias is None else key_bias[:, a:b]
             km = None if key_mask is None else key_mask[:, a:b]
-            o_s, l_s, p_s = _dense(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb, km, causal, scale, None)
+            o_s, l_s, p_s = _dense(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb, km, causal, causal_prefix, scale)
             out[:, :, a:b] = o_s
             lse[:, :, a:b] = l_s
             cls[:, :, a:b] = p_s[:, :, 0, :]
@@ -120,14 +122,14 @@ def attention(q, k, v, key_bias=None, key_mask=None, causal=False, scale=None, r
     return pack_outputs(out, lse, cls, col, return_lse, return_cls_attn, return_col_sum)
 
 
-def attention_probs(q, k, key_bias=None, key_mask=None, causal=False, scale=None):
+def attention_probs(q, k, key_bias=None, key_mask=None, causal=False, scale=None, causal_prefix=0):
     """The full probability matrix p [B, H, Nq, Nk] (acc dtype) of dense attention: what eager attention must
     materialize to get the side outputs; used by tests and benchmarks."""
     d = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     v = torch.zeros_like(k[..., :1])
-    return _dense(q, k, v, key_bias, key_mask, causal, scale, None)[2]
+    return _dense(q, k, v, key_bias, key_mask, causal, causal_prefix, scale)[2]
 
 
 def cls_attention(q, k, key_bias=None, key_mask=None, scale=None):

@@ -92,7 +92,8 @@ class ModulatedBlock(nn.Module):
     groups > 0 adds AdaLN-zero (DiT): a zero-initialised SiLU + Linear maps a condition [B, dim] to (gate_msa,
     gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp) for each of `groups` groups of consecutive tokens
     (FlexTok's decoder: patches and registers are modulated separately), so the block starts as the identity.
-    forward(x [B, L, dim], cond=None, sizes=None (group sizes), causal_after=None (prefix-LM mask))."""
+    forward(x [B, L, dim], cond=None, sizes=None (group sizes), causal=False, causal_prefix=0 (with causal: a
+    prefix-LM mask, imtok.layers.attention))."""
 
     def __init__(self, dim: int, head_dim: int = 64, mlp_ratio: float = 4.0, groups: int = 0):
         super().__init__()
@@ -109,9 +110,9 @@ class ModulatedBlock(nn.Module):
             nn.init.zeros_(self.adaLN_modulation[-1].weight)
             nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
-    def forward(self, x, cond=None, sizes=None, causal_after=None):
+    def forward(self, x, cond=None, sizes=None, causal=False, causal_prefix=0):
         if not self.groups:
-            x = x + self.attn(self.norm1(x), causal_after=causal_after)
+            x = x + self.attn(self.norm1(x), causal=causal, causal_prefix=causal_prefix)
             return x + self.mlp(self.norm2(x))
         sizes = sizes or (x.shape[1],)
         if len(sizes) != self.groups:
@@ -119,7 +120,7 @@ class ModulatedBlock(nn.Module):
         B, D = x.shape[0], x.shape[-1]
         gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = \
             self.adaLN_modulation(cond).view(B, self.groups, 6, D).unbind(2)
-        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa, sizes), causal_after=causal_after)
+        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa, sizes), causal=causal, causal_prefix=causal_prefix)
         x = x + _gate(h, gate_msa, sizes)
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp, sizes))
         return x + _gate(h, gate_mlp, sizes)

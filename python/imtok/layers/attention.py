@@ -37,95 +37,24 @@ __all__ = ["attention", "self_attention", "Attention", "AttentionSideOutputs", "
 
 def attention(q, k, v, *, key_bias=None, key_mask=None, causal=False, scale=None, cu_seqlens=None,
               return_lse=False, return_cls_attn=False, return_col_sum=False, col_sum_queries=None,
-              causal_after=None):
+              causal_prefix=0):
     """softmax(scale q k^T + key_bias, masked) v for q [B, H, Nq, d], k and v [B, H, Nk, d].
 
     Same conventions and return values as imtok_cuda.attention.attention (out, or AttentionOutputs when a side
     output is requested): key_mask [B, Nk] bool True = keep, causal bottom-right aligned, a query with no
-    visible key gets out = 0.
-    causal_after=P (self-attention, Nq == Nk): a prefix-LM mask, FlexTok's "causal_last": the first P tokens
-    attend to one another, token i >= P attends to every key j <= i. Two calls on the same q, k, v and no
-    Nq x Nk mask: the prefix's queries over the prefix's keys (non-causal), the rest's queries over all keys
-    with causal=True (bottom-right aligned: query P + j sees keys <= P + j). Without gradients the prefix is
-    plain attention (SDPA); with gradients both run on the fused op under one autograd node (_PrefixCausal)."""
-    if causal_after is not None:
-        return _prefix_causal(q, k, v, int(causal_after), key_bias, key_mask, scale, causal,
-                              cu_seqlens, return_lse or return_cls_attn or return_col_sum)
+    visible key gets out = 0. causal_prefix=P (with causal): every query also sees the first P keys, a prefix-LM
+    mask (FlexTok's "causal_last" when Nq == Nk: the first P tokens attend to one another, token i >= P to every
+    key j <= i); one fused call, no Nq x Nk mask."""
     side = return_lse or return_cls_attn or return_col_sum
     kwargs = dict(key_bias=key_bias, key_mask=key_mask, causal=causal, scale=scale, return_lse=return_lse,
                   return_cls_attn=return_cls_attn, return_col_sum=return_col_sum,
-                  col_sum_queries=col_sum_queries, cu_seqlens=cu_seqlens)
+                  col_sum_queries=col_sum_queries, cu_seqlens=cu_seqlens, causal_prefix=causal_prefix)
     if reference_enabled():
         return _reference.attention(q, k, v, **kwargs)
-    plain = key_bias is None and key_mask is None and cu_seqlens is None and not side
+    plain = key_bias is None and key_mask is None and cu_seqlens is None and not side and not causal_prefix
     if plain and (not causal or q.shape[2] == k.shape[2]) and q.shape[2] > 0 and k.shape[2] > 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), scale=scale)
     return imtok_cuda.attention.attention(q, k, v, **kwargs)
-
-
-def _prefix_causal(q, k, v, P, key_bias, key_mask, scale, causal, cu_seqlens, side):
-    if causal or cu_seqlens is not None or side:
-        raise ValueError("causal_after goes without causal, cu_seqlens and side outputs")
-    N = q.shape[2]
-    if k.shape[2] != N or not 0 <= P <= N:
-        raise ValueError(f"causal_after needs self-attention (Nq == Nk) and 0 <= causal_after <= N; got Nq {N}, "
-                         f"Nk {k.shape[2]}, causal_after {P}")
-    if P == N or P == 0:
-        return attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scale=scale, causal=P == 0)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if reference_enabled() or key_bias is not None or not needs_grad:
-        # without gradients each half goes through the dispatcher: the prefix is plain attention (SDPA)
-        head = attention(q[:, :, :P], k[:, :, :P], v[:, :, :P], scale=scale,
-                         key_bias=None if key_bias is None else key_bias[:, :P],
-                         key_mask=None if key_mask is None else key_mask[:, :P])
-        tail = attention(q[:, :, P:], k, v, key_bias=key_bias, key_mask=key_mask, causal=True, scale=scale)
-        return _concat_tokens(head, tail)
-    imtok_cuda.attention._check(q, k, v, None, key_mask, None)
-    return _PrefixCausal.apply(q, k, v, P, key_mask, scale)
-
-
-def _concat_tokens(head, tail):
-    """[B, H, N, d] laid out as [B, N, H, d]: self_attention's reshape to [B, N, H d] is then a view, which pays
-    for the concatenation's copy. (Autograd takes no out=: with gradients, a plain cat.)"""
-    if torch.is_grad_enabled() and (head.requires_grad or tail.requires_grad):
-        return torch.cat([head, tail], 2)
-    B, H, P, d = head.shape
-    out = head.new_empty(B, P + tail.shape[2], H, d).transpose(1, 2)
-    return torch.cat([head, tail], 2, out=out)
-
-
-class _PrefixCausal(torch.autograd.Function):
-    """The two fused calls of `causal_after` under one autograd node: the backward runs the two fused backward
-    kernels and adds the prefix's key / value gradients in place, instead of autograd zero-padding six sliced
-    gradients to full size and summing them; it keeps the concatenated output for the backward (its halves are
-    views), so training keeps one output per layer as a single call does."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, P, key_mask, scale):
-        ops = torch.ops.imtok_cuda
-        head_mask = None if key_mask is None else key_mask[:, :P].contiguous()
-        head, head_lse, _, _ = ops.attention_forward(q[:, :, :P], k[:, :, :P], v[:, :, :P], None, head_mask, False,
-                                                     scale, False, False, 0, -1, None)
-        tail, tail_lse, _, _ = ops.attention_forward(q[:, :, P:], k, v, None, key_mask, True, scale, False, False,
-                                                     0, -1, None)
-        out = _concat_tokens(head, tail)
-        ctx.P, ctx.scale = P, scale
-        ctx.save_for_backward(q, k, v, out, head_lse, tail_lse, head_mask, key_mask)  # out, not head and tail
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, out, head_lse, tail_lse, head_mask, key_mask = ctx.saved_tensors
-        P, ops = ctx.P, torch.ops.imtok_cuda
-        head, tail = out[:, :, :P], out[:, :, P:]
-        dq_head, dk_head, dv_head, _ = ops.attention_backward(
-            grad[:, :, :P], None, q[:, :, :P], k[:, :, :P], v[:, :, :P], head, head_lse, None, head_mask, False,
-            ctx.scale, None, False)
-        dq_tail, dk, dv, _ = ops.attention_backward(grad[:, :, P:], None, q[:, :, P:], k, v, tail, tail_lse, None,
-                                                    key_mask, True, ctx.scale, None, False)
-        dk[:, :, :P] += dk_head
-        dv[:, :, :P] += dv_head
-        return torch.cat([dq_head, dq_tail], 2), dk, dv, None, None, None
 
 
 class KVCache:
@@ -170,7 +99,7 @@ SIDE_OUTPUTS = ("q", "k", "lse", "cls_attn", "cls_attn_heads", "col_sum", "col_s
 
 
 def self_attention(module: nn.Module, x: torch.Tensor, *, key_bias=None, key_mask=None, causal=False,
-                   cu_seqlens=None, rope=None, kv_cache=None, need=(), causal_after=None):
+                   cu_seqlens=None, rope=None, kv_cache=None, need=(), causal_prefix=0):
     """The qkv -> attention -> proj forward of any attention module with timm's or Hugging Face's names.
 
     This is the one place where a model's (or a patched third-party model's) self-attention runs:
@@ -212,7 +141,7 @@ def self_attention(module: nn.Module, x: torch.Tensor, *, key_bias=None, key_mas
     want_col = bool(need & {"col_sum", "col_sum_heads"})
     res = attention(q, k, v, key_bias=key_bias, key_mask=key_mask, causal=causal, scale=module.scale,
                     cu_seqlens=cu_seqlens, return_lse=want_lse, return_cls_attn=want_cls, return_col_sum=want_col,
-                    causal_after=causal_after)
+                    causal_prefix=causal_prefix)
     side = want_lse or want_cls or want_col
     out = (res.out if side else res).transpose(1, 2).reshape(B, N, H * d)
     norm = getattr(module, "norm", None)
@@ -238,8 +167,8 @@ class Attention(nn.Module):
     """Multi-head self-attention with timm's names (qkv, proj, num_heads, head_dim, scale).
 
     forward(x [B, N, C], key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
-            side_outputs=False, causal_after=None)
-    causal_after=P: prefix-LM mask (FlexTok's causal_last), see `attention`.
+            side_outputs=False, causal_prefix=0)
+    causal=True, causal_prefix=P: prefix-LM mask (FlexTok's causal_last), see `attention`.
     rope: a callable (q, k) -> (q, k) applied after the projection (e.g. 2D rotary embedding with positions).
     kv_cache: a KVCache; the new keys/values are appended and attention runs over everything cached
               (causal then aligns the new queries with the last keys).
@@ -261,10 +190,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x, key_bias=None, key_mask=None, causal=False, cu_seqlens=None, rope=None, kv_cache=None,
-                side_outputs=False, causal_after=None):
+                side_outputs=False, causal_prefix=0):
         need = ("lse", "cls_attn", "col_sum", "k") if side_outputs else ()
         res = self_attention(self, x, key_bias=key_bias, key_mask=key_mask, causal=causal, cu_seqlens=cu_seqlens,
-                             rope=rope, kv_cache=kv_cache, need=need, causal_after=causal_after)
+                             rope=rope, kv_cache=kv_cache, need=need, causal_prefix=causal_prefix)
         if not side_outputs:
             return res
         out, side = res

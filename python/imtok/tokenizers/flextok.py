@@ -1,8 +1,8 @@
 """FlexTok (apple/ml-flextok, Bachmann et al. 2025): images to ordered 1D sequences of 1..N discrete tokens.
 
 Encoder: a ViT over [patches; N learned registers] with FlexTok's "causal_last" mask (patches attend to all
-patches; register i attends to all patches and to registers 0..i), run as two fused attention calls on the same
-q, k, v and no L x L mask (imtok.layers.attention causal_after); the registers' outputs go through a
+patches; register i attends to all patches and to registers 0..i), one fused attention call with the causal mask
+widened to the patches (imtok.layers.attention causal_prefix) and no L x L mask; the registers' outputs go through a
 LayerNorm and a linear map to 6 channels, then FSQ [8, 8, 8, 5, 5, 5] (64000 codes, imtok_cuda.vq.fsq).
 Blocks: FlexTok's (no-affine LayerNorms, qk-norm, SwiGLU, no biases, attention scale 8 / head_dim;
 imtok.backbones.ModulatedBlock).
@@ -160,7 +160,7 @@ class FlexTokEncoder(nn.Module):
         patches = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         seq = torch.cat([patches, self.registers.expand(B, -1, -1)], 1)
         for blk in self.blocks:
-            seq = blk(seq, causal_after=self.num_patches)
+            seq = blk(seq, causal=True, causal_prefix=self.num_patches)
         return self.to_latent(self.norm(seq[:, self.num_patches:]))
 
 
