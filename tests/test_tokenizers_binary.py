@@ -123,3 +123,27 @@ def test_bad_input_names_the_argument():
         BinaryTokenizerConfig(perturbation={"alpha": 0.5})
     with pytest.raises(ValueError, match="binary_temperature"):
         BinaryTokenizerConfig(binary_temperature=0.0)
+
+
+def test_trainer_anneals_the_temperature(tmp_path):
+    """binary_temperature_end: geometric decay from the quantizer's own temperature (step 0) to the end value (last
+    step); without it the temperature stays; asked of a model without binary quantizer it is an error."""
+    from imtok.train import TokenizerTrainer, TrainConfig, split_images
+
+    data = split_images(None, 16)
+    cfg = dict(out=str(tmp_path), steps=5, batch_size=4, lr=1e-3, warmup=1, crop=16, heldout=4, log_every=1,
+               eval_every=0, save_every=0, progress=False)
+    for end, want in ((0.25, [2.0 * 0.125 ** (s / 4) for s in range(5)]), (0.0, [2.0] * 5)):
+        tok = tiny_binary(binary_temperature=2.0)
+        tr = TokenizerTrainer(tok, TrainConfig(**cfg, binary_temperature_end=end), data=data)
+        batches = iter(tr.batches(0))
+        seen = []
+        for step in range(5):
+            tr.train_step(next(batches), step)
+            seen.append(tok.quantize.temperature)
+        assert seen == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="binary_temperature_end must be >= 0"):
+        TokenizerTrainer(tiny_binary(), TrainConfig(**cfg, binary_temperature_end=-1.0), data=data)
+    with pytest.raises(ValueError, match="needs a BinaryQuantize"):
+        TokenizerTrainer(T.create("titok-tiny"),
+                         TrainConfig(**cfg, binary_temperature_end=0.5), data=data)

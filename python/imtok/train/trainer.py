@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..layers.quantize import BinaryQuantize
 from . import checkpoint as ckpt
 from .data import RandomCrops, StepBatches, heldout_crops, split_images
 from .losses import LeCam, PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_perceptual, reconstruction_loss
@@ -70,6 +71,9 @@ class TrainConfig:
     perturb_end_ratio: float = 0.0
     perturb_anneal_start: int = 0
     perturb_anneal_end: int = 0
+    # binary tokenizers (BinaryQuantize): the Bernoulli temperature decays geometrically from the quantizer's own
+    # temperature at step 0 to binary_temperature_end at the last step (0 = constant): sharp bits late in training
+    binary_temperature_end: float = 0.0
     # 1D tokenizers: "model" leaves tail drop / nested dropout to the model's own config; "on" draws one length
     # ~ U{1..N} per sample here and passes it (forward(x, lengths=)); "off" passes N (no drop)
     tail_drop: str = "model"
@@ -367,6 +371,16 @@ def _vq_modules(model):
     return [m for m in model.modules() if hasattr(m, "perturbation") and hasattr(m, "codebook_size")]
 
 
+def _binary_quantizers(model):
+    return [m for m in model.modules() if isinstance(m, BinaryQuantize)]
+
+
+def binary_temperature_at(step: int, start: float, cfg: TrainConfig) -> float:
+    """The Bernoulli temperature at a step: start * (end / start) ** (step / (steps - 1))."""
+    t = min(max(step / max(1, cfg.steps - 1), 0.0), 1.0)
+    return start * (cfg.binary_temperature_end / start) ** t
+
+
 def perturbation_at(step: int, cfg: TrainConfig) -> tuple[float, int]:
     """(alpha, delta) of the RobusTok schedule at a step."""
     start, end = cfg.perturb_anneal_start, cfg.perturb_anneal_end or cfg.steps
@@ -406,6 +420,12 @@ class TokenizerTrainer(Trainer):
         self.vqs = _vq_modules(model)
         if cfg.perturb_alpha > 0 and not self.vqs:
             raise ValueError("latent perturbation needs a VectorQuantizer in the tokenizer")
+        if cfg.binary_temperature_end < 0 or not math.isfinite(cfg.binary_temperature_end):
+            raise ValueError(f"binary_temperature_end must be >= 0, got {cfg.binary_temperature_end}")
+        # (quantizer, its configured temperature: the schedule's start, also after a resume)
+        self.binaries = [(q, q.temperature) for q in _binary_quantizers(model)]
+        if cfg.binary_temperature_end > 0 and not self.binaries:
+            raise ValueError("binary_temperature_end needs a BinaryQuantize in the tokenizer")
         self.restart = None
         if cfg.codebook_restart:
             self.restart = CodebookRestart(self.model, self.ema, self.opt, cfg.codebook_restart, seed=cfg.seed)
@@ -459,6 +479,9 @@ class TokenizerTrainer(Trainer):
 
     def train_step(self, batch, step):
         self._set_perturbation(step)
+        if self.cfg.binary_temperature_end > 0:
+            for q, start in self.binaries:
+                q.temperature = binary_temperature_at(step, start, self.cfg)
         warming = self.warmup is not None and step < self.cfg.quantizer_warmup
         if self.warmup is not None:
             if step == self.cfg.quantizer_warmup:
