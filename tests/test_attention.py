@@ -135,32 +135,29 @@ def test_fully_masked_rows_give_zero_and_neg_inf(impl, request):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("causal", [False, True])
-def test_packed_sequences_equal_separate_calls(impl, request, causal):
+@pytest.mark.parametrize("causal,prefix", [(False, 0), (True, 0), (True, 5)])
+def test_packed_sequences_equal_separate_calls(impl, request, causal, prefix):
+    """With cu_seqlens each sequence attends within itself; a causal_prefix applies to each sequence (FlexTok's
+    images of one size packed with their registers)."""
     ops = ops_for(impl, request)
     lens = [5, 0, 12, 1, 9]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
     T = int(cu[-1])
     q, k, v, kb, km = make(1, 2, T, T, 16, torch.float64, bias=True, mask=True, seed=3)
-    out, lse, cls, col = check_forward(ops, q, k, v, kb, km, causal, cols=(1, 7), cu=cu)
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        if a == b:
-            continue
-        o_s, l_s, c_s, s_s = ops.attention_forward(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], kb[:, a:b],
-                                                   km[:, a:b], causal, None, True, True, 1, 7)
-        torch.testing.assert_close(out[:, :, a:b], o_s, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(cls[:, :, a:b], c_s, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(col[:, :, a:b], s_s, rtol=1e-12, atol=1e-12)
-    # backward of the packed call == backward of the separate calls
+    out, lse, cls, col = check_forward(ops, q, k, v, kb, km, causal, cols=(1, 7), cu=cu, prefix=prefix)
     go = torch.randn_like(out)
-    dq, dk, dv, db = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, cu, True)
+    dq, dk, dv, db = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, causal, None, cu, True, prefix)
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
         if a == b:
             continue
         sl = slice(a, b)
-        o_s, l_s, _, _ = ops.attention_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], kb[:, sl], km[:, sl], causal)
+        o_s, l_s, c_s, s_s = ops.attention_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], kb[:, sl], km[:, sl],
+                                                   causal, None, True, True, 1, 7, None, prefix)
+        for full, part in zip((out, cls, col), (o_s, c_s, s_s)):
+            torch.testing.assert_close(full[:, :, sl], part, rtol=1e-12, atol=1e-12)
+        # backward of the packed call == backward of the separate calls
         g = ops.attention_backward(go[:, :, sl], None, q[:, :, sl], k[:, :, sl], v[:, :, sl], o_s, l_s, kb[:, sl],
-                                   km[:, sl], causal, None, None, True)
+                                   km[:, sl], causal, None, None, True, prefix)
         for full, part in zip((dq, dk, dv), g[:3]):
             torch.testing.assert_close(full[:, :, sl], part, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(db[:, sl], g[3], rtol=1e-10, atol=1e-10)
@@ -655,6 +652,8 @@ def test_reference_prefix_is_the_dense_boolean_mask():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("Nq,Nk,d,bias,mask,prefix", PREFIX_CASES)
 def test_causal_prefix_matches_reference(impl, request, dtype, Nq, Nk, d, bias, mask, prefix):
+    if impl == "emulated" and Nq > 64:
+        pytest.skip("the SIMT tiles (16 x 32) are crossed by the smaller cases; 130 is for the CPU's 64-row blocks")
     ops = ops_for(impl, request)
     q, k, v, kb, km = make(2, 2, Nq, Nk, d, dtype, bias, mask, seed=22)
     if km is not None:
@@ -677,8 +676,8 @@ def test_causal_prefix_matches_reference(impl, request, dtype, Nq, Nk, d, bias, 
 def test_causal_prefix_edges_are_causal_and_unmasked(impl, request):
     """prefix 0 is plain causal and prefix >= Nk no mask at all: the same numbers, bit for bit."""
     ops = ops_for(impl, request)
-    q, k, v, kb, km = make(2, 2, 70, 70, 8, torch.float32, bias=True, mask=True, seed=23)
-    for prefix, causal in ((0, True), (70, False), (500, False)):
+    q, k, v, kb, km = make(2, 2, 40, 40, 8, torch.float32, bias=True, mask=True, seed=23)
+    for prefix, causal in ((0, True), (40, False), (500, False)):
         got = ops.attention_forward(q, k, v, kb, km, True, None, True, True, 0, -1, None, prefix)
         want = ops.attention_forward(q, k, v, kb, km, causal, None, True, True)
         for a, b in zip(got, want):
@@ -705,32 +704,6 @@ def test_cpu_causal_prefix_every_path():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     q, k, v, kb, km = make(1, 2, 1100, 1100, 8, torch.float32, bias=True, mask=True, seed=25)
     check_forward(ops, q, k, v, kb, km, True, cols=(3, 900), tol=5e-5, prefix=600)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_causal_prefix_packed_equals_separate_calls(impl, request):
-    """With cu_seqlens the prefix applies to each sequence (images of one size packed with their registers)."""
-    ops = ops_for(impl, request)
-    lens = [9, 0, 14, 3]
-    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
-    T = int(cu[-1])
-    q, k, v, kb, km = make(1, 2, T, T, 16, torch.float64, bias=True, mask=True, seed=26)
-    out, lse, cls, col = check_forward(ops, q, k, v, kb, km, True, cols=(1, None), cu=cu, prefix=5)
-    go = torch.randn_like(out)
-    dq, dk, dv, db = ops.attention_backward(go, None, q, k, v, out, lse, kb, km, True, None, cu, True, 5)
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        if a == b:
-            continue
-        sl = slice(a, b)
-        o_s, l_s, c_s, s_s = ops.attention_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], kb[:, sl], km[:, sl], True,
-                                                   None, True, True, 1, -1, None, 5)
-        for full, part in zip((out, cls, col), (o_s, c_s, s_s)):
-            torch.testing.assert_close(full[:, :, sl], part, rtol=1e-12, atol=1e-12)
-        g = ops.attention_backward(go[:, :, sl], None, q[:, :, sl], k[:, :, sl], v[:, :, sl], o_s, l_s, kb[:, sl],
-                                   km[:, sl], True, None, None, True, 5)
-        for full, part in zip((dq, dk, dv), g[:3]):
-            torch.testing.assert_close(full[:, :, sl], part, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(db[:, sl], g[3], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
