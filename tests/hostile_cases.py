@@ -420,6 +420,16 @@ case("attention/scale_inf_wrapper", _QKV + "attention.attention(q, k, v, scale=f
 case("attention/scale_str_wrapper", _QKV + "attention.attention(q, k, v, scale='1')", E("TypeError", "scale must be a real number"))
 case("attention/col_sum_start", _QKV + "OPS.attention_forward(q, k, v, None, None, False, None, False, True, -1, -1)",
      E("ValueError", "col_sum_start must be >= 0"), RAW)
+case("attention/causal_prefix_negative", _QKV + "OPS.attention_forward(q, k, v, None, None, True, causal_prefix=-1)",
+     E("ValueError", "causal_prefix must be >= 0"), RAW)
+case("attention/causal_prefix_without_causal", _QKV + "OPS.attention_forward(q, k, v, causal_prefix=2)",
+     E("ValueError", "causal_prefix needs causal=True"), RAW)
+case("attention/causal_prefix_without_causal_backward", _QKV + """
+out, lse, _, _ = torch.ops.imtok_cuda.attention_forward(q, k, v)
+OPS.attention_backward(torch.randn_like(out), None, q, k, v, out, lse, causal_prefix=2)
+""", E("ValueError", "causal_prefix needs causal=True"), RAW)
+case("attention/causal_prefix_float_wrapper", _QKV + "attention.attention(q, k, v, causal=True, causal_prefix=2.0)",
+     E("TypeError", "causal_prefix must be an integer"))
 case("attention/col_sum_float_wrapper", _QKV + "attention.attention(q, k, v, return_col_sum=True, col_sum_queries=(0.5, 2))",
      E("TypeError", "col_sum_queries[0] must be an integer"))
 case("attention/cu_seqlens_decreasing", """

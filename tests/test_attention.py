@@ -755,25 +755,6 @@ def test_causal_prefix_gradcheck_opcheck_compile():
         torch.testing.assert_close(t.grad, w)
 
 
-def test_causal_prefix_bad_input(request):
-    q, k, v, _, _ = make(1, 1, 4, 4, 8, torch.float32)
-    ops = [torch.ops.imtok_cuda]
-    if imtok_cuda.emulation_available():
-        ops.append(request.getfixturevalue("emu"))
-    with pytest.raises(ValueError, match="causal_prefix must be >= 0"):
-        A.attention(q, k, v, causal=True, causal_prefix=-1)
-    with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
-        A.attention(q, k, v, causal_prefix=2)
-    for o in ops:
-        with pytest.raises(ValueError, match="causal_prefix must be >= 0"):
-            o.attention_forward(q, k, v, None, None, True, causal_prefix=-1)
-        with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
-            o.attention_forward(q, k, v, causal_prefix=2)
-        out, lse, _, _ = o.attention_forward(q, k, v)
-        with pytest.raises(ValueError, match="causal_prefix needs causal=True"):
-            o.attention_backward(out, None, q, k, v, out, lse, causal_prefix=2)
-
-
 # ---- real GPU ---------------------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
