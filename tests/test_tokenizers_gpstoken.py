@@ -164,8 +164,9 @@ def test_save_load_round_trip_bit_exact(tmp_path):
 
 def test_bad_input_names_the_argument():
     tok = tiny_gps()
-    with pytest.raises(ValueError, match=r"x must be 16 x 16"):
-        tok.encode(torch.rand(1, 3, 32, 32))
+    for size in ((24, 24), (48, 48), (32, 16), (128, 128)):  # only 1, 2 or 4 times image_size, square
+        with pytest.raises(ValueError, match=r"x must be 16 x 16 pixels \(or 32 x 32, 64 x 64"):
+            tok.encode(torch.rand(1, 3, *size))
     with pytest.raises(ValueError, match=r"x values must be in \[0, 1\]"):
         tok.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
     with pytest.raises(ValueError, match="x must have 3 channels"):
