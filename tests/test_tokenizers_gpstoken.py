@@ -171,7 +171,7 @@ def test_bad_input_names_the_argument():
         tok.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
     with pytest.raises(ValueError, match="x must have 3 channels"):
         tok.encode(torch.rand(1, 1, 16, 16))
-    with pytest.raises(ValueError, match=r"init_geometry must have shape \[B, N, 5\]"):
+    with pytest.raises(ValueError, match=r"init_geometry must have shape \[B, n\^2 N, 5\] = \[2, 6, 5\]"):
         tok.encode(torch.rand(2, 3, 16, 16), init_geometry=torch.rand(2, 5, 5))
     with pytest.raises(ValueError, match="lengths applies to ordered 1D tokens"):
         tok(torch.rand(1, 3, 16, 16), lengths=3)
