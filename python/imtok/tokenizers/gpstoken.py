@@ -32,10 +32,10 @@ of side n * image_size (n = 2 or 4; 512 / 1024 px for the published sizes) is cu
 image_size (row-major), each patch gets its own partition and is encoded on its own, and the n^2 N tokens are
 merged into one set (`merge_patch_tokens`: patch p = (row i, column j) keeps its tokens in order, sigma / n,
 rho unchanged, mu_x -> (mu_x + 1 + 2 j) / n - 1, mu_y -> (mu_y + 1 + 2 i) / n - 1). decode(z, scale=n) splats
-the merged set to (n render_size)^2 and runs the same decoder weights the way DecoderNP does at n > 1: every
-GroupNorm takes its mean and std per patch (1 / n of the map per side), bicubically upsamples the n x n grid of
-statistics to the whole map and normalises with (h - mean) / (std + eps); the middle attention attends within
-each patch; the convolutions run over the whole map.
+the merged set to (n render_size)^2 and runs the same decoder weights the way DecoderNP does at n > 1: the
+GroupNorms of the residual blocks take their mean and std per patch (1 / n of the map per side), bicubically
+upsample the n x n grid of statistics to the whole map and normalise with (h - mean) / (std + eps); the middle
+attention attends within each patch; the final norm_out and the convolutions run over the whole map.
 """
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def _decode_patches(decoder: CNNDecoder, z: torch.Tensor, n: int) -> torch.Tenso
             h = _patch_resnet_block(block, h, n)
         if i != decoder.num_resolutions - 1:
             h = level.upsample(h)
-    return decoder.conv_out(F.silu(_patch_group_norm(decoder.norm_out, h, n)))
+    return decoder.conv_out(F.silu(decoder.norm_out(h)))  # DecoderNP calls norm_out without _np: whole map
 
 
 def _roi_align(features, boxes, size):
