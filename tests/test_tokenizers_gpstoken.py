@@ -10,7 +10,7 @@ import imtok
 import imtok.tokenizers as T
 from _tokenizer_checks import assert_save_load_round_trip
 import imtok_cuda.splat as S
-from imtok.tokenizers.gpstoken import GPSTokenConfig, merge_patch_tokens, partition_boxes
+from imtok.tokenizers.gpstoken import GPSTokenConfig, merge_patch_tokens, partition_boxes, split_patch_tokens
 
 pytest.importorskip("torchvision", reason="GPSToken's encoder needs torchvision (the [gpstoken] extra)")
 
@@ -302,6 +302,20 @@ def test_scale_2_fused_equals_reference_and_trains(vq):
         return
     F.mse_loss(out_f, x).backward()
     assert tok.to_gps[0].weight.grad.abs().sum() > 0 and tok.decoder.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_per_patch_decode_tiles_the_patches_decoded_alone():
+    """decode(scale=n, per_patch=True) (the official script's L256 path) == each tile's tokens decoded alone."""
+    tok = randomize_geometry_head(tiny_gps()).eval()
+    tiles = images(8)
+    with torch.no_grad():
+        z_tiles, _ = tok.encode(tiles)
+        z, _ = tok.encode(mosaic(tiles, 2))
+        torch.testing.assert_close(split_patch_tokens(z, 2), z_tiles, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tok.decode(z, scale=2, per_patch=True), mosaic(tok.decode(z_tiles), 2),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"z.shape\[1\] must be a multiple of n\^2 = 4"):
+        tok.decode(z[:, :7], scale=2, per_patch=True)
 
 
 def test_bad_scale_names_the_argument():

@@ -3,6 +3,8 @@
     tok = imtok.tokenizers.create("gpstoken-m128")
     z, info = tok.encode(x)          # x [B, 3, 256, 256] in [0, 1] -> z [B, 128, 5 + 16]
     images = tok.decode(z)           # splat to 64 x 64, CNN decoder -> [B, 3, 256, 256] in [0, 1] (unclamped)
+    z, info = tok.encode(x512)       # x512 [B, 3, 512, 512] -> 4 patches of 256, merged: z [B, 512, 5 + 16]
+    images = tok.decode(z, scale=2)  # splat to 128 x 128, CNN decoder -> [B, 3, 512, 512]
 
 Token layout (GPSToken's): z[b, n] = [sigma_x, sigma_y, rho, mu_x, mu_y, f_1 .. f_C] with sigma in (0, 1),
 rho and mu in (-1, 1) (imtok_cuda.splat conventions, specs/splat.md).
@@ -35,7 +37,9 @@ rho unchanged, mu_x -> (mu_x + 1 + 2 j) / n - 1, mu_y -> (mu_y + 1 + 2 i) / n - 
 the merged set to (n render_size)^2 and runs the same decoder weights the way DecoderNP does at n > 1: the
 GroupNorms of the residual blocks take their mean and std per patch (1 / n of the map per side), bicubically
 upsample the n x n grid of statistics to the whole map and normalise with (h - mean) / (std + eps); the middle
-attention attends within each patch; the final norm_out and the convolutions run over the whole map.
+attention attends within each patch; the final norm_out and the convolutions run over the whole map. The
+official inference script decodes GPSToken-L256 differently (each patch alone at 256 px, tiled):
+decode(z, scale=n, per_patch=True).
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ from ..layers.quantize import VectorQuantize
 from ..layers.switch import reference_enabled
 from .base import Tokenizer, check_images
 
-__all__ = ["GPSTokenConfig", "GPSToken", "partition_boxes", "merge_patch_tokens", "SCALES"]
+__all__ = ["GPSTokenConfig", "GPSToken", "partition_boxes", "merge_patch_tokens", "split_patch_tokens",
+           "SCALES"]
 
 # Image side / image_size that encode takes: the official code runs 256-px models on 512 and 1024 px.
 SCALES = (1, 2, 4)
@@ -110,8 +115,8 @@ def partition_boxes(geometry: torch.Tensor, height: int, width: int) -> torch.Te
 def merge_patch_tokens(z: torch.Tensor, n: int) -> torch.Tensor:
     """Tokens of the n x n patches of B images [B n^2, N, 5 + C] (image-major, patches row-major) -> the tokens
     of the whole images [B, n^2 N, 5 + C]: patch p = (i, j) = divmod(p, n) keeps its N tokens in order at
-    p N .. p N + N - 1, with sigma / n, rho unchanged, mu_x -> (mu_x + 1 + 2 j) / n - 1, mu_y -> (mu_y + 1 + 2 i) / n - 1
-    (the patch's [-1, 1] onto its 1 / n of the image's [-1, 1]). The official adjust_gpstoken numbers the patches
+    p N .. p N + N - 1, with sigma / n, rho unchanged, mu_x -> (mu_x + 1 + 2 j) / n - 1,
+    mu_y -> (mu_y + 1 + 2 i) / n - 1 (the patch's [-1, 1] onto its 1 / n of the image's [-1, 1]). The official adjust_gpstoken numbers the patches
     of a batch as if it were patch-major (repeat_interleave), which only agrees with its own image-major layout at
     B = 1 (its inference script's batch); here every image gets its own patches' offsets."""
     Bp, N, D = z.shape
@@ -122,6 +127,20 @@ def merge_patch_tokens(z: torch.Tensor, n: int) -> torch.Tensor:
     geometry = torch.stack([z[..., 0] / n, z[..., 1] / n, z[..., 2], (z[..., 3] + 1 + 2 * col) / n - 1,
                             (z[..., 4] + 1 + 2 * row) / n - 1], -1)
     return torch.cat([geometry, z[..., 5:]], -1).reshape(Bp // (n * n), n * n * N, D)
+
+
+def split_patch_tokens(z: torch.Tensor, n: int) -> torch.Tensor:
+    """The inverse of merge_patch_tokens: [B, n^2 N, 5 + C] -> [B n^2, N, 5 + C] in each patch's coordinates."""
+    B, M, D = z.shape
+    if M % (n * n):
+        raise ValueError(f"z.shape[1] must be a multiple of n^2 = {n * n} (n^2 patches of N tokens), got shape "
+                         f"{tuple(z.shape)}")
+    z = z.reshape(B * n * n, M // (n * n), D)
+    patch = torch.arange(n * n, device=z.device).repeat(B)
+    row, col = (patch // n).to(z.dtype)[:, None], (patch % n).to(z.dtype)[:, None]
+    geometry = torch.stack([z[..., 0] * n, z[..., 1] * n, z[..., 2], (z[..., 3] + 1) * n - 1 - 2 * col,
+                            (z[..., 4] + 1) * n - 1 - 2 * row], -1)
+    return torch.cat([geometry, z[..., 5:]], -1)
 
 
 def _to_patches(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -279,15 +298,19 @@ class GPSToken(Tokenizer):
         info["min_encoding_indices"] = indices
         return torch.cat([z[..., :5], texture], -1), info
 
-    def decode(self, z: torch.Tensor, lengths=None, scale: int = 1):
+    def decode(self, z: torch.Tensor, lengths=None, scale: int = 1, per_patch: bool = False):
         """z [B, n, 5 + C] (any token count n; geometry in the renderer's domain) -> images [B, 3, S, S] with
         S = scale image_size: the splat at scale render_size, then the decoder (per-patch statistics at
-        scale > 1, module docstring)."""
+        scale > 1, module docstring). per_patch=True (scale > 1, z as encode merged it: scale^2 N tokens, patch
+        by patch) decodes every patch's tokens on their own at image_size and tiles the results, as the official
+        inference script does for GPSToken-L256."""
         _no_lengths(lengths)
         if not isinstance(z, torch.Tensor) or z.dim() != 3 or z.shape[-1] != self.token_dim or not z.shape[1]:
             raise ValueError(f"z must have shape [B, n, 5 + C] = [B, n, {self.token_dim}] with n >= 1, got "
                              f"{tuple(getattr(z, 'shape', ()))}")
         scale = _check_scale(scale)
+        if per_patch and scale > 1:
+            return _from_patches(self.decode(split_patch_tokens(z, scale)), scale)
         rendered = self.render(z, scale)
         out = self.decoder(rendered) if scale == 1 else _decode_patches(self.decoder, rendered, scale)
         return (out + 1) / 2
@@ -302,21 +325,21 @@ class GPSToken(Tokenizer):
         return _splat.render(geometry, texture, size, box_sigma=c.box_sigma)
 
     def decode_tokens(self, tokens: torch.Tensor, lengths=None, geometry: torch.Tensor | None = None,
-                      scale: int = 1):
+                      scale: int = 1, per_patch: bool = False):
         """Continuous tokens [B, n, 5 + C] (= decode); with a VQ, code indices [B, n] and their geometry
-        [B, n, 5]. scale as in decode."""
+        [B, n, 5]. scale, per_patch as in decode."""
         if self.quantize is None:
             if geometry is not None:
                 raise ValueError("geometry is only taken with VQ tokens (codebook_size set); continuous tokens "
                                  "carry their geometry")
-            return self.decode(tokens, lengths, scale)
+            return self.decode(tokens, lengths, scale, per_patch)
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             raise ValueError(f"tokens must be code indices [B, n], got shape {tuple(getattr(tokens, 'shape', ()))}")
         if not isinstance(geometry, torch.Tensor) or tuple(geometry.shape) != (*tokens.shape, 5):
             raise ValueError(f"geometry must have shape [B, n, 5] = {[*tokens.shape, 5]}, got "
                              f"{tuple(getattr(geometry, 'shape', ()))}")
         texture = self.quantize.lookup(tokens).to(geometry.dtype)
-        return self.decode(torch.cat([geometry, texture], -1), lengths, scale)
+        return self.decode(torch.cat([geometry, texture], -1), lengths, scale, per_patch)
 
     def forward(self, x: torch.Tensor, lengths=None, init_geometry: torch.Tensor | None = None):
         _no_lengths(lengths)
