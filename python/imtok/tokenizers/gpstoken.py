@@ -116,9 +116,10 @@ def merge_patch_tokens(z: torch.Tensor, n: int) -> torch.Tensor:
     """Tokens of the n x n patches of B images [B n^2, N, 5 + C] (image-major, patches row-major) -> the tokens
     of the whole images [B, n^2 N, 5 + C]: patch p = (i, j) = divmod(p, n) keeps its N tokens in order at
     p N .. p N + N - 1, with sigma / n, rho unchanged, mu_x -> (mu_x + 1 + 2 j) / n - 1,
-    mu_y -> (mu_y + 1 + 2 i) / n - 1 (the patch's [-1, 1] onto its 1 / n of the image's [-1, 1]). The official adjust_gpstoken numbers the patches
-    of a batch as if it were patch-major (repeat_interleave), which only agrees with its own image-major layout at
-    B = 1 (its inference script's batch); here every image gets its own patches' offsets."""
+    mu_y -> (mu_y + 1 + 2 i) / n - 1 (the patch's [-1, 1] onto its 1 / n of the image's [-1, 1]). The official
+    adjust_gpstoken numbers the patches of a batch as if it were patch-major (repeat_interleave), which only agrees
+    with its own image-major layout at B = 1 (its inference script's batch); here every image gets its own
+    patches' offsets."""
     Bp, N, D = z.shape
     if Bp % (n * n):
         raise ValueError(f"z.shape[0] must be a multiple of n^2 = {n * n}, got shape {tuple(z.shape)}")
