@@ -283,12 +283,12 @@ def test_patch_norm_of_identical_patches_is_the_patch_group_norm():
                                    rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("vq", [False, True])
-def test_scale_2_fused_equals_reference_and_trains(vq):
+@pytest.mark.parametrize("vq, n", [(False, 2), (True, 2), (False, 4)])
+def test_scale_n_fused_equals_reference_and_trains(vq, n):
     tok = randomize_geometry_head(tiny_gps(codebook_size=32 if vq else None)).train()
-    x = images(2, 32)
+    x = images(2, 16 * n)
     out_f, info_f = tok(x)
-    assert out_f.shape == (2, 3, 32, 32) and info_f["init_geometry"].shape == (2, 24, 5)
+    assert out_f.shape == (2, 3, 16 * n, 16 * n) and info_f["init_geometry"].shape == (2, 6 * n * n, 5)
     with imtok.use_reference():
         out_r, info_r = tok(x)
     torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-5)
