@@ -15,7 +15,7 @@ from ._common import compare, main
 
 @torch.no_grad()
 def run(device="cpu", quick=False):
-    reps = 3 if quick else 10
+    reps = 10  # milliseconds per call: quick mode can afford the rounds that steady the first-touch page faults
     B, h, w, s, D = 4, 32, 32, 2, 256
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, h * s * w * s, D, generator=g).to(device)
@@ -26,7 +26,8 @@ def run(device="cpu", quick=False):
     shape = f"B={B} 64x64->32x32 s=2 D={D}"
     return [
         compare("shuffle", "token_shuffle", shape, device, lambda: S.token_shuffle(x, h, w, s),
-                lambda: RS.token_shuffle(x, h, w, s).contiguous(), reps=reps, notes="reference made contiguous"),
+                lambda: RS.token_shuffle(x, h, w, s).contiguous(), warmup=2, reps=reps,
+                notes="reference made contiguous"),
         compare("shuffle", "shuffle_linear (s^2 D -> D)", shape, device, lambda: S.shuffle_linear(x, h, w, s, wt, b),
                 lambda: RS.shuffle_linear(x, h, w, s, wt, b), reps=reps),
         compare("shuffle", "linear_unshuffle (D -> s^2 D)", shape, device,
