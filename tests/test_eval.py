@@ -131,3 +131,10 @@ def test_evaluate_continuous_tokenizer():
     assert res["continuous_latent_shape"] == [tok.config.num_tokens, 5 + tok.config.texture_channels]
     assert "codebook_usage" not in res and "robustness" not in res and "rate_distortion" not in res
     assert "continuous latents per image" in format_metrics(res)
+    # images at twice the tokenizer's size: encoded as patches, decoded at scale 2 (GPSToken at 512 px)
+    x2 = torch.rand(2, 3, 64, 64)
+    res, recon = evaluate_tokenizer(tok, x2, log=lambda m: None)
+    with torch.no_grad():
+        expected = tok.decode(tok.encode(x2)[0], scale=2).float().clamp(0, 1)
+    assert torch.equal(recon, expected)
+    assert res["continuous_latent_shape"] == [4 * tok.config.num_tokens, 5 + tok.config.texture_channels]

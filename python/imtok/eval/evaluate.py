@@ -20,9 +20,20 @@ def _tokens(model, x):
     return z if tokens is None else tokens
 
 
-def _decode(model, tokens, length=None):
+def _decode_scale(model, x) -> dict:
+    """scale= for tokenizers that encode images larger than their own size as patches and decode at that
+    scale (GPSToken at 512 / 1024 px); nothing for the others."""
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    try:
+        takes = "scale" in inspect.signature(model.decode).parameters
+    except (AttributeError, TypeError, ValueError):
+        takes = False
+    return {"scale": x.shape[-1] // size} if takes and size and x.shape[-1] != size else {}
+
+
+def _decode(model, tokens, length=None, **scale):
     if tokens.is_floating_point():
-        out = model.decode(tokens)
+        out = model.decode(tokens, **scale)
     elif length is None:
         out = model.decode_tokens(tokens)
     else:
@@ -97,7 +108,7 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch: int = 64, perturb_alp
         x = x.to(device)
         t = _tokens(model, x)
         tokens.append(t)
-        recons.append(_decode(model, t).cpu())
+        recons.append(_decode(model, t, **_decode_scale(model, x)).cpu())
     recon, tokens = torch.cat(recons), torch.cat(tokens)
     res = {"num_images": images.shape[0], "image_size": list(images.shape[-2:]), "psnr":
            mean_finite(psnr(recon, images))}
