@@ -123,8 +123,7 @@ def merge_patch_tokens(z: torch.Tensor, n: int) -> torch.Tensor:
     Bp, N, D = z.shape
     if Bp % (n * n):
         raise ValueError(f"z.shape[0] must be a multiple of n^2 = {n * n}, got shape {tuple(z.shape)}")
-    patch = torch.arange(n * n, device=z.device).repeat(Bp // (n * n))
-    row, col = (patch // n).to(z.dtype)[:, None], (patch % n).to(z.dtype)[:, None]
+    row, col = _patch_rows_cols(z, n)
     geometry = torch.stack([z[..., 0] / n, z[..., 1] / n, z[..., 2], (z[..., 3] + 1 + 2 * col) / n - 1,
                             (z[..., 4] + 1 + 2 * row) / n - 1], -1)
     return torch.cat([geometry, z[..., 5:]], -1).reshape(Bp // (n * n), n * n * N, D)
@@ -137,11 +136,16 @@ def split_patch_tokens(z: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"z.shape[1] must be a multiple of n^2 = {n * n} (n^2 patches of N tokens), got shape "
                          f"{tuple(z.shape)}")
     z = z.reshape(B * n * n, M // (n * n), D)
-    patch = torch.arange(n * n, device=z.device).repeat(B)
-    row, col = (patch // n).to(z.dtype)[:, None], (patch % n).to(z.dtype)[:, None]
+    row, col = _patch_rows_cols(z, n)
     geometry = torch.stack([z[..., 0] * n, z[..., 1] * n, z[..., 2], (z[..., 3] + 1) * n - 1 - 2 * col,
                             (z[..., 4] + 1) * n - 1 - 2 * row], -1)
     return torch.cat([geometry, z[..., 5:]], -1)
+
+
+def _patch_rows_cols(z: torch.Tensor, n: int):
+    """Row and column [B n^2, 1] (z's dtype) of each patch of z [B n^2, N, D] (image-major, patches row-major)."""
+    patch = torch.arange(n * n, device=z.device).repeat(z.shape[0] // (n * n))
+    return (patch // n).to(z.dtype)[:, None], (patch % n).to(z.dtype)[:, None]
 
 
 def _to_patches(x: torch.Tensor, n: int) -> torch.Tensor:
